@@ -1,0 +1,68 @@
+"""backendnn: neural networks with explicit backprop, written once against the
+Python Array API, trained on NumPy, CuPy, PyTorch or any registered backend.
+
+    >>> from backendnn import Linear, ReLU, Sigmoid, BinaryCrossEntropy, Sequential, SGD
+    >>> model = Sequential([Linear(30, 20), ReLU(), Linear(20, 1), Sigmoid()],
+    ...                    BinaryCrossEntropy())
+"""
+from ._checkout import extend_path as _extend_path
+
+_extend_path(__path__, __path__[0])
+
+from . import backends  # noqa: E402
+from .backends import (  # noqa: E402
+    get_backend,
+    seed,
+    set_backend,
+    use_backend,
+)
+from .data import DataLoader, Dataset, StandardScaler, normalize  # noqa: E402
+from .gradcheck import gradcheck  # noqa: E402
+from .layers import (  # noqa: E402
+    Layer,
+    LeakyReLU,
+    Linear,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
+from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MeanSquaredError  # noqa: E402
+from .metrics import accuracy  # noqa: E402
+from .model import MLP, Sequential  # noqa: E402
+from .optim import SGD, Optimizer  # noqa: E402
+from .train import History, NonFiniteLossError, Trainer  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "backends",
+    "get_backend",
+    "set_backend",
+    "use_backend",
+    "seed",
+    "Layer",
+    "Linear",
+    "ReLU",
+    "LeakyReLU",
+    "Sigmoid",
+    "Tanh",
+    "Softmax",
+    "Loss",
+    "BinaryCrossEntropy",
+    "MeanSquaredError",
+    "CrossEntropy",
+    "Sequential",
+    "MLP",
+    "Optimizer",
+    "SGD",
+    "Dataset",
+    "DataLoader",
+    "StandardScaler",
+    "normalize",
+    "Trainer",
+    "History",
+    "NonFiniteLossError",
+    "accuracy",
+    "gradcheck",
+]

@@ -1,0 +1,102 @@
+"""Element-wise activations (and Softmax over the last axis). No parameters.
+
+Each keeps what its derivative needs: the input for gates, the output where the
+derivative is a function of it (sigmoid, tanh, softmax).
+"""
+from __future__ import annotations
+
+from .base import Layer
+
+
+class ReLU(Layer):
+    """max(x, 0); the gradient passes where x > 0.  Shape: any -> same."""
+
+    def forward(self, x):
+        self.x = x
+        return self.xp.where(x > 0, x, 0.0)
+
+    def backward(self, grad):
+        return self.xp.where(self._need(self.x) > 0, grad, 0.0)
+
+    def _clear(self):
+        self.x = None
+
+
+class LeakyReLU(Layer):
+    """x where x > 0, else negative_slope * x.  Shape: any -> same."""
+
+    def __init__(self, negative_slope: float = 0.01, **kw):
+        super().__init__(**kw)
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x):
+        self.x = x
+        return self.xp.where(x > 0, x, self.negative_slope * x)
+
+    def backward(self, grad):
+        x = self._need(self.x)
+        return self.xp.where(x > 0, grad, self.negative_slope * grad)
+
+    def _clear(self):
+        self.x = None
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class Sigmoid(Layer):
+    """1 / (1 + exp(-x)), computed from exp(-|x|) so no input overflows.
+
+    Shape: any -> same. Derivative: y (1 - y).
+    """
+
+    def forward(self, x):
+        xp = self.xp
+        e = xp.exp(-xp.abs(x))
+        r = 1.0 / (1.0 + e)
+        self.y_hat = xp.where(x >= 0, r, e * r)
+        return self.y_hat
+
+    def backward(self, grad):
+        y = self._need(self.y_hat)
+        return y * (1.0 - y) * grad
+
+    def _clear(self):
+        self.y_hat = None
+
+
+class Tanh(Layer):
+    """tanh(x).  Shape: any -> same. Derivative: 1 - y²."""
+
+    def forward(self, x):
+        self.y = self.xp.tanh(x)
+        return self.y
+
+    def backward(self, grad):
+        y = self._need(self.y)
+        return (1.0 - y * y) * grad
+
+    def _clear(self):
+        self.y = None
+
+
+class Softmax(Layer):
+    """exp(x) / sum(exp(x)) over the last axis, shifted by the row max (stable for
+    logits far apart).
+
+    Shape: (..., n) -> (..., n). For training a classifier prefer `CrossEntropy`
+    on the logits: it fuses log-softmax and is exact where this underflows.
+    """
+
+    def forward(self, x):
+        xp = self.xp
+        e = xp.exp(x - xp.max(x, axis=-1, keepdims=True))
+        self.y = e / xp.sum(e, axis=-1, keepdims=True)
+        return self.y
+
+    def backward(self, grad):
+        y = self._need(self.y)
+        return y * (grad - self.xp.sum(grad * y, axis=-1, keepdims=True))
+
+    def _clear(self):
+        self.y = None

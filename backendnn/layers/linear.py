@@ -1,0 +1,72 @@
+"""The affine layer."""
+from __future__ import annotations
+
+import math
+
+from .base import Layer, ShapeError
+
+
+class Linear(Layer):
+    """Affine map: y = x @ weights + bias.
+
+    Args:
+        n_inp, n_out: input and output features.
+        backend, dtype: where the parameters live (default: the current backend, float32).
+
+    Shape: x (batch, n_inp) -> y (batch, n_out).
+    Attributes: weights (n_inp, n_out), uniform in ±1/sqrt(n_inp) from the seeded
+        host generator; bias (n_out,), zeros.
+    After backward: grad_w, grad_b, the batch means of the per-sample gradients,
+        shaped like weights and bias.
+
+    Example:
+        >>> Linear(30, 1)(x).shape   # x (64, 30)
+        (64, 1)
+    """
+
+    param_names = ("weights", "bias")
+    grad_names = ("grad_w", "grad_b")
+
+    def __init__(self, n_inp: int, n_out: int, *, backend=None, dtype: str = "float32"):
+        for name, value in (("n_inp", n_inp), ("n_out", n_out)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                msg = f"Linear: `{name}` must be a positive int, got {value!r}"
+                raise ValueError(msg)
+        super().__init__(backend=backend, dtype=dtype)
+        self.n_inp, self.n_out = n_inp, n_out
+        self.x = None
+        self.grad_w = self.grad_b = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The seed's initialisation: weights uniform in ±1/sqrt(n_inp), bias zero."""
+        k = 1.0 / math.sqrt(self.n_inp)
+        self.weights = self.backend.uniform(-k, k, (self.n_inp, self.n_out), self.dtype)
+        self.bias = self.xp.zeros((self.n_out,), dtype=self.backend.dtype(self.dtype),
+                                  device=self.backend.device)
+
+    def forward(self, x):
+        if x.ndim != 2 or x.shape[1] != self.n_inp:
+            msg = f"expected input (batch, {self.n_inp}), got shape {tuple(x.shape)}"
+            raise ShapeError(msg)
+        self.x = x
+        return x @ self.weights + self.bias
+
+    def _param_grads(self, grad):
+        x = self._need(self.x)
+        g = grad * (1.0 / x.shape[0])
+        self.grad_w = x.T @ g
+        self.grad_b = self.xp.sum(g, axis=0)
+
+    def backward(self, grad):
+        self._param_grads(grad)
+        return grad @ self.weights.T
+
+    def backward_params(self, grad) -> None:
+        self._param_grads(grad)
+
+    def _clear(self):
+        self.x = None
+
+    def extra_repr(self):
+        return f"{self.n_inp}, {self.n_out}"

@@ -1,0 +1,7 @@
+"""Losses: `criterion(y_hat, y)` -> per-sample loss (batch,); `backward()` -> dL/dy_hat."""
+from .base import Loss
+from .bce import BinaryCrossEntropy
+from .cross_entropy import CrossEntropy
+from .mse import MeanSquaredError
+
+__all__ = ["Loss", "BinaryCrossEntropy", "MeanSquaredError", "CrossEntropy"]

@@ -1,0 +1,74 @@
+"""Cross-entropy on logits with integer class labels (fused log-softmax)."""
+from __future__ import annotations
+
+from .base import Loss, _same_backend
+
+
+class CrossEntropy(Loss):
+    """-log softmax(logits)[y] per sample; its batch mean is
+    `torch.nn.functional.cross_entropy(logits, y)`.
+
+    Log-softmax is computed as x - max - log(sum(exp(x - max))), exact for logits
+    far apart. Gradient: softmax(logits) - one_hot(y).
+
+    Args:
+        check_labels: check that labels lie in [0, n_classes). It reads two numbers
+            back from the device each call; switch it off only for data already checked.
+
+    Shape: y_hat (batch, n_classes) logits; y (batch,) integer labels. Returns (batch,).
+    """
+
+    def __init__(self, *, check_labels: bool = True, backend=None):
+        super().__init__(backend=backend)
+        self.check_labels = check_labels
+
+    def forward(self, y_hat, y):
+        xp = self.xp
+        y = self._labels(y_hat, y)
+        n_classes = y_hat.shape[1]
+        shifted = y_hat - xp.max(y_hat, axis=1, keepdims=True)
+        e = xp.exp(shifted)
+        total = xp.sum(e, axis=1, keepdims=True)
+        one_hot = xp.astype(
+            y[:, None] == xp.arange(n_classes, dtype=y.dtype, device=self.backend.device),
+            y_hat.dtype,
+        )
+        self.softmax, self.one_hot = e / total, one_hot
+        log_p = shifted - xp.log(total)
+        return -xp.sum(log_p * one_hot, axis=1)
+
+    def backward(self):
+        return self._need(self.softmax) - self.one_hot
+
+    def _labels(self, y_hat, y):
+        xp = self.xp
+        y = _same_backend(self.backend, y, "labels `y`")
+        if y_hat.ndim != 2:
+            msg = f"CrossEntropy: expected logits (batch, n_classes), got shape {tuple(y_hat.shape)}"
+            raise ValueError(msg)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = xp.reshape(y, (y.shape[0],))
+        if tuple(y.shape) != (y_hat.shape[0],):
+            msg = (
+                f"CrossEntropy: labels of shape {tuple(y.shape)} do not match logits "
+                f"{tuple(y_hat.shape)}; expected integer labels of shape ({y_hat.shape[0]},)"
+            )
+            raise ValueError(msg)
+        if not xp.isdtype(y.dtype, "integral"):
+            msg = (
+                f"CrossEntropy: labels must be integer class indices, got dtype {y.dtype}; "
+                "for one-hot or soft targets use MeanSquaredError, or convert with argmax"
+            )
+            raise TypeError(msg)
+        if self.check_labels and y.shape[0]:
+            lo, hi = int(xp.min(y)), int(xp.max(y))
+            if lo < 0 or hi >= y_hat.shape[1]:
+                msg = (
+                    f"CrossEntropy: labels must lie in [0, {y_hat.shape[1]}) for "
+                    f"{y_hat.shape[1]} classes, got values from {lo} to {hi}"
+                )
+                raise ValueError(msg)
+        return y
+
+    def _clear(self):
+        self.softmax = self.one_hot = None

@@ -1,0 +1,26 @@
+"""Mean squared error."""
+from __future__ import annotations
+
+from .base import Loss, outputs_per_sample
+from .bce import _per_sample
+
+
+class MeanSquaredError(Loss):
+    """(y_hat - y)², mean over outputs per sample; its batch mean is
+    `torch.nn.functional.mse_loss(y_hat, y)`.
+
+    Shape: y_hat (batch,) or (batch, k); y the same, or (batch,) against (batch, 1).
+    Returns (batch,). Gradient: 2 (y_hat - y) / k.
+    """
+
+    def forward(self, y_hat, y):
+        y = self._targets(y_hat, y)
+        self.diff = y_hat - y
+        return _per_sample(self.xp, self.diff * self.diff)
+
+    def backward(self):
+        diff = self._need(self.diff)
+        return diff * (2.0 / outputs_per_sample(diff.shape))
+
+    def _clear(self):
+        self.diff = None

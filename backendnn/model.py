@@ -1,0 +1,239 @@
+"""Models: `Sequential` (a list of layers and a loss) and `MLP` (seed 001's network)."""
+from __future__ import annotations
+
+import copy
+
+from .backends import get_backend
+from .layers import Layer, LeakyReLU, Linear, ReLU, ShapeError, Sigmoid, Softmax, Tanh
+from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MeanSquaredError
+from .losses.base import _same_backend
+
+
+class Sequential:
+    """Layers applied in order, with the loss criterion that starts backprop.
+
+    Args:
+        layers: list of `Layer`s.
+        criterion: a `Loss` (needed for `backward`).
+        backend: where the model computes; default: the backend of the first layer.
+            Layers built elsewhere are moved here.
+
+    Shape: x (batch, n_in) -> y_hat (batch, n_out). Inputs of another float dtype are
+    cast to the model's dtype once, here; arrays of another backend are refused.
+    """
+
+    def __init__(self, layers, criterion: Loss | None = None, *, backend=None):
+        self.layers = list(layers)
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, Layer):
+                msg = f"Sequential: item {i} is {type(layer).__name__}, not a backendnn Layer"
+                raise TypeError(msg)
+        if criterion is not None and not isinstance(criterion, Loss):
+            msg = f"Sequential: `criterion` must be a backendnn Loss, got {type(criterion).__name__}"
+            raise TypeError(msg)
+        self.criterion = criterion
+        if backend is None and self.layers:
+            backend = self.layers[0].backend
+        self.backend = get_backend(backend)
+        dtypes = {layer.dtype for layer in self.layers if layer.param_names}
+        self.dtype = dtypes.pop() if len(dtypes) == 1 else "float32"
+        self._move(self.backend, self.dtype)
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def forward(self, x):
+        """Pass a mini-batch through every layer, returning the last layer's output."""
+        x = self._input(x)
+        for i, layer in enumerate(self.layers):
+            try:
+                x = layer.forward(x)
+            except ShapeError as e:
+                msg = f"layer {i} ({type(layer).__name__}): {e}"
+                raise ShapeError(msg) from None
+        return x
+
+    def loss(self, x, y):
+        """Per-sample loss of the batch: criterion(forward(x), y)."""
+        return self._criterion()(self.forward(x), y)
+
+    def backward(self, *, input_grad: bool = False):
+        """Backpropagate the criterion's gradient through every layer, last to first.
+
+        The first layer skips the input gradient (nothing needs it) unless
+        `input_grad=True`, which returns dL/dx, shape of the input.
+        """
+        grad = self._criterion().backward()
+        layers = self.layers
+        for layer in layers[:0:-1]:
+            grad = layer.backward(grad)
+        if not layers:
+            return grad if input_grad else None
+        if input_grad:
+            return layers[0].backward(grad)
+        getattr(layers[0], "backward_params", layers[0].backward)(grad)
+        return None
+
+    def parameters(self) -> list:
+        """Every trainable `Param` of every layer, in layer order."""
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def n_params(self) -> int:
+        return sum(p.size for p in self.parameters())
+
+    def train(self, mode: bool = True):
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    @property
+    def training(self) -> bool:
+        return all(layer.training for layer in self.layers)
+
+    def to(self, backend, dtype: str | None = None):
+        """Move every parameter and buffer to `backend` (a name or Backend), and to
+        `dtype` if given. Values are kept bit for bit."""
+        self.backend = get_backend(backend)
+        if dtype is not None:
+            self.dtype = dtype
+        self._move(self.backend, self.dtype)
+        return self
+
+    def _move(self, backend, dtype):
+        for layer in self.layers:
+            if layer.backend is not backend or (layer.param_names and layer.dtype != dtype):
+                layer.to(backend, dtype if layer.param_names else None)
+        if self.criterion is not None and self.criterion.backend is not backend:
+            self.criterion.to(backend)
+
+    def _criterion(self) -> Loss:
+        if self.criterion is None:
+            msg = "this Sequential has no criterion: build it as Sequential(layers, criterion)"
+            raise RuntimeError(msg)
+        return self.criterion
+
+    def _input(self, x):
+        backend = self.backend
+        if not backend.owns(x):
+            x = _same_backend(backend, x, "the input")
+        if x.dtype != backend.dtype(self.dtype):
+            x = backend.xp.astype(x, backend.dtype(self.dtype))
+        return x
+
+    def summary(self) -> str:
+        """A table of layers with their parameter shapes and counts."""
+        rows = [("#", "layer", "parameters", "count")]
+        for i, layer in enumerate(self.layers):
+            params = layer.parameters()
+            shapes = ", ".join(f"{p.name}{p.shape}" for p in params) or "-"
+            rows.append((str(i), repr(layer), shapes, f"{sum(p.size for p in params):,}"))
+        widths = [max(len(r[c]) for r in rows) for c in range(4)]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        lines.append(
+            f"total: {self.n_params():,} parameters ({self.dtype}) on {self.backend.name}; "
+            f"criterion: {self.criterion!r}"
+        )
+        return "\n".join(lines)
+
+    def __repr__(self):
+        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return (
+            f"{type(self).__name__}({inner}\n  criterion: {self.criterion!r}\n)"
+            f"  # {self.n_params():,} parameters, {self.dtype}, {self.backend.name}"
+        )
+
+
+ACTIVATIONS = {
+    "relu": ReLU,
+    "leaky_relu": LeakyReLU,
+    "sigmoid": Sigmoid,
+    "tanh": Tanh,
+    "softmax": Softmax,
+}
+LOSSES = {
+    "mse": MeanSquaredError,
+    "mean_squared_error": MeanSquaredError,
+    "bce": BinaryCrossEntropy,
+    "binary_cross_entropy": BinaryCrossEntropy,
+    "cross_entropy": CrossEntropy,
+    "ce": CrossEntropy,
+}
+
+
+def _make(spec, table: dict, kind: str, base: type, backend):
+    """An instance from a name, a class or an instance (copied per use for activations)."""
+    if isinstance(spec, str):
+        try:
+            spec = table[spec.lower()]
+        except KeyError:
+            msg = f"unknown {kind} {spec!r}; choose one of {sorted(table)}, or pass a class or instance"
+            raise ValueError(msg) from None
+    if isinstance(spec, type) and issubclass(spec, base):
+        return spec(backend=backend)
+    if isinstance(spec, base):
+        return spec
+    msg = f"{kind} must be a name, a {base.__name__} subclass or instance, got {spec!r}"
+    raise TypeError(msg)
+
+
+class MLP(Sequential):
+    """Seed 001's network: Linear layers of the given sizes, the activation after
+    every one of them (the last included), and a loss.
+
+    Args:
+        sizes: [n_in, hidden..., n_out].
+        activation: a name ("sigmoid", "relu", "tanh", "leaky_relu", "softmax"), a
+            Layer class, or an instance (copied to each position).
+        loss: a name ("mse", "bce", "cross_entropy"), a Loss class or instance.
+
+    Example:
+        >>> MLP([64, 30, 10], "sigmoid", "mse")   # Nielsen's digits network
+    """
+
+    def __init__(self, sizes, activation="sigmoid", loss="mse", *, backend=None,
+                 dtype: str = "float32"):
+        sizes = list(sizes)
+        if len(sizes) < 2 or not all(isinstance(n, int) and n > 0 for n in sizes):
+            msg = f"MLP: `sizes` must list at least two positive ints, got {sizes!r}"
+            raise ValueError(msg)
+        backend = get_backend(backend)
+        layers = []
+        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+            layers.append(Linear(n_in, n_out, backend=backend, dtype=dtype))
+            layers.append(self._activation(activation, backend))
+        super().__init__(layers, _make(loss, LOSSES, "loss", Loss, backend), backend=backend)
+        self.sizes = sizes
+
+    @staticmethod
+    def _activation(spec, backend):
+        if isinstance(spec, Layer):
+            clone = copy.copy(spec)
+            clone._clear()
+            return clone
+        return _make(spec, ACTIVATIONS, "activation", Layer, backend)
+
+    def forward_pass(self, x):
+        """Seed 001's forward pass: a single sample (n,) is taken as a batch of one."""
+        if getattr(x, "ndim", None) == 1 or (isinstance(x, (list, tuple)) and x and
+                                              not isinstance(x[0], (list, tuple))):
+            x = self.backend.xp.reshape(self._input(x), (1, -1))
+        return self.forward(x)
+
+    def backprop(self, x, y):
+        """Seed 001's backprop: gradients of the loss summed over the batch.
+
+        Returns (w_grads, b_grads), lists in layer order (first layer first; the
+        seed builds them last layer first). Also leaves each layer's grad_w and
+        grad_b (batch means) in place.
+        """
+        x = self._input(x)
+        if x.ndim == 1:
+            x = self.backend.xp.reshape(x, (1, -1))
+        self.criterion(self.forward(x), y)
+        self.backward()
+        n = x.shape[0]
+        linears = [layer for layer in self.layers if isinstance(layer, Linear)]
+        return [l.grad_w * n for l in linears], [l.grad_b * n for l in linears]

@@ -1,0 +1,146 @@
+"""The training loop: `Trainer` and the per-epoch `History` it returns."""
+from __future__ import annotations
+
+import math
+import sys
+
+from tqdm.auto import tqdm
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class History(list):
+    """One dict per epoch: epoch, loss, and with a validation loader val_loss, val_metric."""
+
+    def column(self, key: str) -> list:
+        return [row.get(key) for row in self]
+
+    @property
+    def loss(self) -> list:
+        return self.column("loss")
+
+    @property
+    def val_loss(self) -> list:
+        return self.column("val_loss")
+
+    @property
+    def val_metric(self) -> list:
+        return self.column("val_metric")
+
+
+class Trainer:
+    """Trains a `Sequential` with an optimiser over a training DataLoader.
+
+    Args:
+        model, optimizer: the network (with its criterion) and what updates it.
+        train_dl, val_dl: loaders of (x, y) batches; val_dl may be None. Batches go
+            to the model's backend and dtype.
+        metric: f(y_hat, y) -> 0-d array or float, e.g. `accuracy`; may be None.
+        progress: show a tqdm bar; default: only when stderr is a terminal.
+
+    The loss is read back from the device once per epoch, where it is also checked:
+    a NaN or infinite batch loss stops training with the epoch and batch it came from.
+    """
+
+    def __init__(self, model, optimizer, train_dl, val_dl=None, metric=None, *,
+                 progress: bool | None = None):
+        self.model, self.optimizer = model, optimizer
+        self.train_dl, self.val_dl, self.metric = train_dl, val_dl, metric
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.history = History()
+        self.epoch = 0
+
+    def _batches(self, dl):
+        batches = getattr(dl, "batches", None)
+        if batches is None:
+            return iter(dl)
+        return batches(self.model.backend, self.model.dtype)
+
+    def train_one_epoch(self) -> float:
+        """Train for one epoch; return the mean per-sample training loss."""
+        model, xp = self.model, self.model.backend.xp
+        criterion, step = model.criterion, self.optimizer.step
+        model.train()
+        losses, n = [], 0
+        bar = tqdm(total=_len(self.train_dl), desc=f"epoch {self.epoch}", leave=False,
+                   disable=not self.progress, file=sys.stderr)
+        with bar:
+            for x, y in self._batches(self.train_dl):
+                losses.append(xp.sum(criterion(model(x), y)))
+                model.backward()
+                step()
+                n += x.shape[0]
+                bar.update()
+            if not losses:
+                msg = "Trainer: the training loader yielded no batches (empty dataset, or drop_last with too few samples)"
+                raise ValueError(msg)
+            per_batch = model.backend.to_numpy(xp.stack(losses)).tolist()
+            bad = [i for i, v in enumerate(per_batch) if not math.isfinite(v)]
+            if bad:
+                msg = (
+                    f"training loss became {per_batch[bad[0]]} at epoch {self.epoch}, batch "
+                    f"{bad[0]}: lower the learning rate, scale the inputs, or check the data "
+                    "for NaN"
+                )
+                raise NonFiniteLossError(msg)
+            loss = sum(per_batch) / n
+            bar.set_postfix(loss=f"{loss:.4f}")
+        return loss
+
+    def train(self, n_epochs: int, log_level: int = 1) -> History:
+        """Train for `n_epochs`, printing a summary every `log_level` epochs (0: silent).
+
+        Returns the History: one dict per epoch (epoch, loss, val_loss, val_metric).
+        """
+        if not isinstance(n_epochs, int) or n_epochs < 0:
+            msg = f"Trainer.train: `n_epochs` must be a non-negative int, got {n_epochs!r}"
+            raise ValueError(msg)
+        for _ in range(n_epochs):
+            loss = self.train_one_epoch()
+            row = {"epoch": self.epoch, "loss": loss}
+            if self.val_dl is not None:
+                row["val_loss"], row["val_metric"] = self.evaluate(self.val_dl)
+            self.history.append(row)
+            if log_level and (self.epoch + 1) % log_level == 0:
+                print(_format(row))
+            self.epoch += 1
+        return self.history
+
+    def evaluate(self, dl) -> tuple[float, float]:
+        """Mean per-sample loss and the sample-weighted metric over `dl`, as floats
+        (metric is NaN without a metric function)."""
+        model, xp = self.model, self.model.backend.xp
+        was_training = model.training
+        model.eval()
+        loss = metric = 0.0
+        n = 0
+        try:
+            for x, y in self._batches(dl):
+                y_hat = model(x)
+                loss = loss + xp.sum(model.criterion(y_hat, y))
+                if self.metric is not None:
+                    metric = metric + x.shape[0] * self.metric(y_hat, y)
+                n += x.shape[0]
+        finally:
+            model.train(was_training)
+        if n == 0:
+            msg = "Trainer.evaluate: the loader yielded no batches"
+            raise ValueError(msg)
+        return float(loss) / n, (float(metric) / n if self.metric is not None else math.nan)
+
+
+def _len(dl):
+    try:
+        return len(dl)
+    except TypeError:
+        return None
+
+
+def _format(row: dict) -> str:
+    parts = [f"epoch={row['epoch']:3d}", f"loss={row['loss']:.4f}"]
+    for key in ("val_loss", "val_metric"):
+        if key in row:
+            parts.append(f"{key}={row[key]:.4f}")
+    return " | ".join(parts)

@@ -1,0 +1,190 @@
+"""The `Backend` base class, the registry's exceptions and the seeded host generator.
+
+Everything here may import NumPy: the host side of every backend is NumPy (the
+seeded generator, datasets, `to_numpy`). The core in `backendnn/` never does.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "UnknownBackendError",
+    "BackendUnavailableError",
+    "BackendNotInstalledError",
+    "CUDADeviceError",
+    "BackendEnvironmentError",
+    "seed",
+    "host_rng",
+    "to_host",
+]
+
+
+class BackendError(Exception):
+    """Base class of every error raised by the backend registry."""
+
+
+class UnknownBackendError(BackendError, ValueError):
+    """A backend name that nothing registered."""
+
+
+class BackendUnavailableError(BackendError, RuntimeError):
+    """A registered backend that cannot run on this machine."""
+
+
+class BackendNotInstalledError(BackendUnavailableError, ImportError):
+    """The backend's array library is not installed."""
+
+
+class CUDADeviceError(BackendUnavailableError):
+    """CuPy (or another CUDA library) is installed but no CUDA device is usable."""
+
+
+class BackendEnvironmentError(BackendError, ValueError):
+    """`BACKENDNN_BACKEND` holds a value that is not a usable backend."""
+
+
+_HOST = {"rng": np.random.default_rng(0), "seed": 0}
+
+
+def seed(n: int) -> None:
+    """Reseed the one host generator behind initialisation, shuffling and masks.
+
+    The same seed gives the same weights and batch order on every backend.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        msg = f"`seed` expects a non-negative int, got {n!r}"
+        raise TypeError(msg)
+    _HOST["rng"] = np.random.default_rng(n)
+    _HOST["seed"] = n
+
+
+def host_rng() -> np.random.Generator:
+    """The seeded host NumPy generator (replaced by every `seed` call)."""
+    return _HOST["rng"]
+
+
+def to_host(obj) -> np.ndarray:
+    """Any array (NumPy, CuPy, torch, array-api-strict, sequence) as a host NumPy array."""
+    if isinstance(obj, np.ndarray):
+        return obj
+    if hasattr(obj, "__cuda_array_interface__") and hasattr(obj, "get"):
+        return obj.get()  # CuPy
+    if type(obj).__module__.startswith("torch"):
+        return obj.detach().cpu().numpy()
+    if hasattr(obj, "__dlpack__"):
+        try:
+            return np.from_dlpack(obj)
+        except (BufferError, RuntimeError, TypeError, ValueError):
+            pass
+    return np.asarray(obj)
+
+
+class Backend:
+    """One array library, seen through the Array API.
+
+    Subclasses set `name`, `library` (the pip distribution) and `extra` (the
+    backendnn extra that installs it), and implement `_load()` which imports the
+    library and returns its Array API namespace, or raises BackendUnavailableError.
+
+    Attributes: name, xp (Array API namespace), device, inplace (whether arrays may
+    be written in place: optimisers then update parameters without reallocating).
+    """
+
+    name = "base"
+    library = ""
+    extra = ""
+    inplace = True
+
+    def __init__(self):
+        self.xp = self._load()
+        self.device = self._default_device()
+        self._dtypes = {}
+
+    def _load(self):
+        raise NotImplementedError
+
+    def _default_device(self):
+        return self.xp.asarray(0).device if hasattr(self.xp, "asarray") else None
+
+    # --- arrays -----------------------------------------------------------------
+    def dtype(self, dtype):
+        """The namespace's dtype for a name ("float32") or a dtype of any library."""
+        if dtype is None:
+            return None
+        key = dtype if isinstance(dtype, str) else str(dtype).rsplit(".", 1)[-1]
+        try:
+            return self._dtypes[key]
+        except KeyError:
+            pass
+        try:
+            value = getattr(self.xp, key)
+        except AttributeError:
+            msg = f"backend {self.name!r} has no dtype {dtype!r}"
+            raise TypeError(msg) from None
+        self._dtypes[key] = value
+        return value
+
+    def owns(self, x) -> bool:
+        """Whether `x` is an array of this backend (on its device)."""
+        raise NotImplementedError
+
+    def asarray(self, obj, dtype=None):
+        """`obj` (NumPy array, sequence or another backend's array) as an array here.
+
+        Arrays of another library come through DLPack where both sides support it
+        (no copy on a shared device), else through host memory.
+        """
+        xp = self.xp
+        dt = self.dtype(dtype)
+        if not self.owns(obj) and hasattr(obj, "__dlpack__") and not isinstance(obj, np.ndarray):
+            try:
+                obj = xp.from_dlpack(obj)
+            except (BufferError, RuntimeError, TypeError, ValueError, AttributeError):
+                obj = to_host(obj)
+        return xp.asarray(obj, dtype=dt, device=self.device)
+
+    def to_numpy(self, x) -> np.ndarray:
+        """`x` as a host NumPy array (a copy when it lives on a device)."""
+        return to_host(x)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work; a no-op on synchronous CPU libraries."""
+
+    # --- random numbers, all from the seeded host generator ---------------------
+    def uniform(self, low, high, shape, dtype="float32"):
+        """Uniform samples in [low, high), drawn on the host in float64 then cast."""
+        values = host_rng().uniform(low, high, shape)
+        return self.asarray(values.astype(_np_dtype(dtype)), dtype=dtype)
+
+    def normal(self, mean, std, shape, dtype="float32"):
+        """Normal samples, drawn on the host in float64 then cast."""
+        values = host_rng().normal(mean, std, shape)
+        return self.asarray(values.astype(_np_dtype(dtype)), dtype=dtype)
+
+    def permutation(self, n: int) -> np.ndarray:
+        """A host permutation of range(n): the batch order, the same on every backend."""
+        return host_rng().permutation(n)
+
+    def bernoulli(self, p_keep: float, shape, dtype="float32"):
+        """A mask of 0/1 with P(1) = `p_keep` (dropout); portable host draw."""
+        mask = host_rng().random(shape) < p_keep
+        return self.asarray(mask.astype(_np_dtype(dtype)), dtype=dtype)
+
+    # --- information -------------------------------------------------------------
+    def version(self) -> str:
+        return getattr(self._module(), "__version__", "?")
+
+    def _module(self):
+        return self.xp
+
+    def __repr__(self):
+        return f"<Backend {self.name} on {self.device}>"
+
+
+def _np_dtype(dtype):
+    if isinstance(dtype, str):
+        return np.dtype(dtype)
+    return np.dtype(str(dtype).rsplit(".", 1)[-1])
+

@@ -1,0 +1,57 @@
+"""PyTorch backend: torch tensors through array-api-compat's torch namespace.
+
+The device is CUDA when torch sees one, else the CPU.
+"""
+from ._base import Backend, BackendNotInstalledError, to_host
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    library = "torch"
+    extra = "torch"
+
+    def _load(self):
+        try:
+            import torch
+        except ImportError as e:
+            msg = "backend 'torch' needs PyTorch: pip install 'backendnn[torch]'"
+            raise BackendNotInstalledError(msg) from e
+        import array_api_compat.torch as xp
+
+        self._torch = torch
+        return xp
+
+    def _default_device(self):
+        torch = self._torch
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def _module(self):
+        return self._torch
+
+    def owns(self, x) -> bool:
+        return isinstance(x, self._torch.Tensor) and x.device.type == self.device.type
+
+    def asarray(self, obj, dtype=None):
+        torch = self._torch
+        dt = self.dtype(dtype)
+        if isinstance(obj, torch.Tensor):
+            return obj.to(device=self.device, dtype=dt if dt is not None else obj.dtype)
+        if hasattr(obj, "__dlpack__") and type(obj).__module__.startswith("cupy"):
+            try:
+                return torch.from_dlpack(obj).to(device=self.device, dtype=dt)
+            except (BufferError, RuntimeError, TypeError):
+                pass
+        if hasattr(obj, "__dlpack__") and not hasattr(obj, "__array_interface__"):
+            obj = to_host(obj)
+        return torch.asarray(obj, dtype=dt, device=self.device)
+
+    def to_numpy(self, x):
+        return x.detach().cpu().numpy() if isinstance(x, self._torch.Tensor) else to_host(x)
+
+    def synchronize(self):
+        if self.device.type == "cuda":
+            self._torch.cuda.synchronize()
+
+
+def load():
+    return TorchBackend()
