@@ -182,6 +182,18 @@ class Backend:
     def __repr__(self):
         return f"<Backend {self.name} on {self.device}>"
 
+    # One instance per name: copies and pickles refer to the registered backend.
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        from . import get
+
+        return get, (self.name,)
+
 
 def _np_dtype(dtype):
     if isinstance(dtype, str):

@@ -65,10 +65,14 @@ class Layer:
 
     def __init__(self, *, backend=None, dtype: str = "float32"):
         self.backend = get_backend(backend)
-        self.xp = self.backend.xp
         self.dtype = _dtype_name(dtype)
         self.training = True
         self._clear()
+
+    @property
+    def xp(self):
+        """The backend's Array API namespace."""
+        return self.backend.xp
 
     def __call__(self, x):
         return self.forward(x)
@@ -100,7 +104,7 @@ class Layer:
                 setattr(self, name, backend.asarray(value, dtype=dtype))
         for name in self.grad_names:
             setattr(self, name, None)
-        self.backend, self.xp, self.dtype = backend, backend.xp, dtype
+        self.backend, self.dtype = backend, dtype
         self._clear()
         return self
 

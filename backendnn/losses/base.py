@@ -17,8 +17,12 @@ class Loss:
 
     def __init__(self, *, backend=None):
         self.backend = get_backend(backend)
-        self.xp = self.backend.xp
         self._clear()
+
+    @property
+    def xp(self):
+        """The backend's Array API namespace."""
+        return self.backend.xp
 
     def __call__(self, y_hat, y):
         return self.forward(y_hat, y)
@@ -31,7 +35,6 @@ class Loss:
 
     def to(self, backend):
         self.backend = get_backend(backend)
-        self.xp = self.backend.xp
         self._clear()
         return self
 
