@@ -19,7 +19,12 @@ from .backends import (  # noqa: E402
 from .data import DataLoader, Dataset, StandardScaler, normalize  # noqa: E402
 from .gradcheck import gradcheck  # noqa: E402
 from .layers import (  # noqa: E402
+    BatchNorm1d,
+    Dropout,
+    Flatten,
+    Identity,
     Layer,
+    LayerNorm,
     LeakyReLU,
     Linear,
     ReLU,
@@ -30,8 +35,31 @@ from .layers import (  # noqa: E402
 from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MeanSquaredError  # noqa: E402
 from .metrics import accuracy  # noqa: E402
 from .model import MLP, Sequential  # noqa: E402
-from .optim import SGD, Optimizer  # noqa: E402
+from . import init  # noqa: E402
+from .optim import (  # noqa: E402
+    SGD,
+    Adam,
+    AdamW,
+    ChainedScheduler,
+    CosineAnnealingLR,
+    ExponentialLR,
+    LinearLR,
+    LinearWarmup,
+    Optimizer,
+    RMSprop,
+    StepLR,
+    clip_grad_norm,
+)
 from .train import History, NonFiniteLossError, Trainer  # noqa: E402
+from . import callbacks, checkpoint  # noqa: E402
+from .callbacks import (  # noqa: E402
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    LayerStats,
+    ModelCheckpoint,
+)
+from .checkpoint import CheckpointError, load, restore, save  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -48,6 +76,11 @@ __all__ = [
     "Sigmoid",
     "Tanh",
     "Softmax",
+    "Dropout",
+    "BatchNorm1d",
+    "LayerNorm",
+    "Flatten",
+    "Identity",
     "Loss",
     "BinaryCrossEntropy",
     "MeanSquaredError",
@@ -56,6 +89,17 @@ __all__ = [
     "MLP",
     "Optimizer",
     "SGD",
+    "Adam",
+    "AdamW",
+    "RMSprop",
+    "clip_grad_norm",
+    "StepLR",
+    "ExponentialLR",
+    "CosineAnnealingLR",
+    "LinearLR",
+    "LinearWarmup",
+    "ChainedScheduler",
+    "init",
     "Dataset",
     "DataLoader",
     "StandardScaler",
@@ -63,6 +107,17 @@ __all__ = [
     "Trainer",
     "History",
     "NonFiniteLossError",
+    "callbacks",
+    "Callback",
+    "EarlyStopping",
+    "ModelCheckpoint",
+    "CSVLogger",
+    "LayerStats",
+    "checkpoint",
+    "save",
+    "load",
+    "restore",
+    "CheckpointError",
     "accuracy",
     "gradcheck",
 ]

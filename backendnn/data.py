@@ -27,7 +27,7 @@ class Dataset:
             raise ValueError(msg)
         xp = array_namespace(X)
         if xp.isdtype(X.dtype, "real floating"):
-            finite = xp.all(xp.reshape(xp.isfinite(X), (X.shape[0], -1)), axis=1)
+            finite = xp.all(xp.reshape(xp.isfinite(X), (X.shape[0], math.prod(X.shape[1:]))), axis=1)
             if not bool(xp.all(finite)):
                 rows = [int(i) for i in xp.nonzero(~finite)[0][:5]]
                 msg = f"Dataset: X holds NaN or infinite values (rows {rows}...); clean or impute them first"

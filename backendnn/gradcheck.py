@@ -5,18 +5,30 @@ import copy
 import random
 
 
-def gradcheck(model, x, y, *, eps: float = 1e-6, max_checks: int = 30, seed: int = 0) -> dict:
+def gradcheck(model, x, y, *, eps: float = 1e-5, max_checks: int = 30, seed: int = 0,
+              mode: str = "train") -> dict:
     """Worst relative error of backward's gradients against finite differences.
 
     A float64 copy of `model` on its own backend is used, so the model is untouched.
     For each parameter (named "<index>.<Layer>.<attr>") and for the input ("input"),
-    up to `max_checks` entries are perturbed by ±eps; the error is
+    up to `max_checks` entries are perturbed by ±eps (1e-5 balances the float64
+    rounding of the loss, which grows as 1/eps, against the truncation error, which
+    grows as eps²); the error is
     max |analytic - numeric| / max(max |numeric|, 1e-8) over those entries.
     Parameter gradients are those of the batch-mean loss; the input gradient is
     that of the summed loss (what each layer's backward returns).
 
+    `mode` is the mode the copy is checked in: "train" (default) checks the
+    gradients training uses — BatchNorm on batch statistics, each Dropout with one
+    mask (drawn from the backend's generator on the first pass, then held via
+    `hold_mask`); "eval" checks inference behaviour (Dropout the identity,
+    BatchNorm on its running statistics).
+
     Returns: {name: worst relative error}.
     """
+    if mode not in ("train", "eval"):
+        msg = f"gradcheck: `mode` must be 'train' or 'eval', got {mode!r}"
+        raise ValueError(msg)
     model = copy.deepcopy(model).to(model.backend, "float64")
     backend = model.backend
     xp = backend.xp
@@ -24,7 +36,10 @@ def gradcheck(model, x, y, *, eps: float = 1e-6, max_checks: int = 30, seed: int
     y = backend.asarray(y)
     if xp.isdtype(y.dtype, "real floating"):
         y = xp.astype(y, xp.float64)
-    model.eval()
+    model.train(mode == "train")
+    for layer in model.layers:
+        if hasattr(layer, "hold_mask"):
+            layer.hold_mask = mode == "train"
     n = x.shape[0]
 
     def total_loss():

@@ -104,8 +104,9 @@ class Sequential:
 
     def _move(self, backend, dtype):
         for layer in self.layers:
-            if layer.backend is not backend or (layer.param_names and layer.dtype != dtype):
-                layer.to(backend, dtype if layer.param_names else None)
+            arrays = layer.param_names or layer.buffer_names
+            if layer.backend is not backend or (arrays and layer.dtype != dtype):
+                layer.to(backend, dtype if arrays else None)
         if self.criterion is not None and self.criterion.backend is not backend:
             self.criterion.to(backend)
 

@@ -6,6 +6,8 @@ import sys
 
 from tqdm.auto import tqdm
 
+from .optim import ChainedScheduler, clip_grad_norm
+
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
@@ -29,6 +31,13 @@ class History(list):
     def val_metric(self) -> list:
         return self.column("val_metric")
 
+    def plot(self, path=None, **kw):
+        """Loss and metric curves against the epoch, written to `path` as PNG when
+        given; returns the matplotlib Figure (needs `pip install 'backendnn[plot]'`)."""
+        from .plotting import plot_history
+
+        return plot_history(self, path, **kw)
+
 
 class Trainer:
     """Trains a `Sequential` with an optimiser over a training DataLoader.
@@ -39,14 +48,27 @@ class Trainer:
             to the model's backend and dtype.
         metric: f(y_hat, y) -> 0-d array or float, e.g. `accuracy`; may be None.
         progress: show a tqdm bar; default: only when stderr is a terminal.
+        callbacks: `Callback`s called around each epoch (backendnn.callbacks:
+            EarlyStopping, ModelCheckpoint, CSVLogger, LayerStats); a callback
+            sets `trainer.stop_training = True` to end `train` after the epoch.
+        scheduler: a learning-rate schedule (backendnn.optim.StepLR, ...) or a list
+            of them (chained), stepped once after each epoch; the epoch's rate is
+            recorded in the history as "lr".
+        max_grad_norm: clip the gradients to this global L2 norm before each step
+            (`clip_grad_norm`); None: no clipping.
 
     The loss is read back from the device once per epoch, where it is also checked:
     a NaN or infinite batch loss stops training with the epoch and batch it came from.
     """
 
     def __init__(self, model, optimizer, train_dl, val_dl=None, metric=None, *,
-                 progress: bool | None = None):
+                 progress: bool | None = None, callbacks=(), scheduler=None,
+                 max_grad_norm: float | None = None):
         self.model, self.optimizer = model, optimizer
+        self.scheduler = _scheduler(scheduler)
+        self.max_grad_norm = max_grad_norm
+        self.callbacks = list(callbacks or ())
+        self.stop_training = False
         self.train_dl, self.val_dl, self.metric = train_dl, val_dl, metric
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.history = History()
@@ -70,6 +92,8 @@ class Trainer:
             for x, y in self._batches(self.train_dl):
                 losses.append(xp.sum(criterion(model(x), y)))
                 model.backward()
+                if self.max_grad_norm is not None:
+                    clip_grad_norm(model, self.max_grad_norm)
                 step()
                 n += x.shape[0]
                 bar.update()
@@ -97,15 +121,31 @@ class Trainer:
         if not isinstance(n_epochs, int) or n_epochs < 0:
             msg = f"Trainer.train: `n_epochs` must be a non-negative int, got {n_epochs!r}"
             raise ValueError(msg)
-        for _ in range(n_epochs):
-            loss = self.train_one_epoch()
-            row = {"epoch": self.epoch, "loss": loss}
-            if self.val_dl is not None:
-                row["val_loss"], row["val_metric"] = self.evaluate(self.val_dl)
-            self.history.append(row)
-            if log_level and (self.epoch + 1) % log_level == 0:
-                print(_format(row))
-            self.epoch += 1
+        self.stop_training = False
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        try:
+            for _ in range(n_epochs):
+                for cb in self.callbacks:
+                    cb.on_epoch_begin(self, self.epoch)
+                loss = self.train_one_epoch()
+                row = {"epoch": self.epoch, "loss": loss}
+                if self.scheduler is not None:
+                    row["lr"] = self.optimizer.param_groups[0]["lr"]
+                    self.scheduler.step()
+                if self.val_dl is not None:
+                    row["val_loss"], row["val_metric"] = self.evaluate(self.val_dl)
+                self.history.append(row)
+                if log_level and (self.epoch + 1) % log_level == 0:
+                    print(_format(row))
+                self.epoch += 1
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, row)
+                if self.stop_training:
+                    break
+        finally:
+            for cb in self.callbacks:
+                cb.on_train_end(self)
         return self.history
 
     def evaluate(self, dl) -> tuple[float, float]:
@@ -129,6 +169,16 @@ class Trainer:
             msg = "Trainer.evaluate: the loader yielded no batches"
             raise ValueError(msg)
         return float(loss) / n, (float(metric) / n if self.metric is not None else math.nan)
+
+
+def _scheduler(scheduler):
+    """None, a schedule, or a list of schedules as one ChainedScheduler."""
+    if scheduler is None or hasattr(scheduler, "step"):
+        return scheduler
+    if isinstance(scheduler, (list, tuple)):
+        return ChainedScheduler(scheduler) if len(scheduler) != 1 else scheduler[0]
+    msg = f"Trainer: `scheduler` must be a schedule (with step()) or a list of them, got {scheduler!r}"
+    raise TypeError(msg)
 
 
 def _len(dl):

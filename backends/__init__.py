@@ -26,6 +26,7 @@ from ._base import (
     CUDADeviceError,
     UnknownBackendError,
     host_rng,
+    load_npz,
     seed,
     to_host,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "seed",
     "host_rng",
     "to_host",
+    "load_npz",
     "describe",
     "ENV_VAR",
     "ENTRY_POINT_GROUP",
@@ -94,6 +96,9 @@ def register(name: str, loader) -> None:
     if not (callable(loader) or isinstance(loader, str)):
         msg = f"`loader` for backend {name!r} must be callable or 'module:function', got {loader!r}"
         raise TypeError(msg)
+    if isinstance(loader, str) and not all(loader.partition(":")[::2]):
+        msg = f"`loader` for backend {name!r} must look like 'module:function', got {loader!r}"
+        raise ValueError(msg)
     _load_entry_points()
     _loaders[name] = loader
     _instances.pop(name, None)
@@ -124,12 +129,20 @@ def _unknown(name) -> UnknownBackendError:
 
 
 def _call_loader(name, loader) -> Backend:
-    if isinstance(loader, str):
-        module, _, attr = loader.partition(":")
-        loader = getattr(importlib.import_module(module), attr)
-    elif isinstance(loader, metadata.EntryPoint):
-        loader = loader.load()
-    backend = loader()
+    """Run `loader`; an ImportError on the way (a plugin whose library is missing)
+    becomes BackendNotInstalledError, so `available()` skips it instead of failing."""
+    try:
+        if isinstance(loader, str):
+            module, _, attr = loader.partition(":")
+            loader = getattr(importlib.import_module(module), attr)
+        elif isinstance(loader, metadata.EntryPoint):
+            loader = loader.load()
+        backend = loader()
+    except BackendError:
+        raise
+    except ImportError as e:
+        msg = f"backend {name!r} cannot be loaded here: {e}. Install the package that provides it."
+        raise BackendNotInstalledError(msg) from e
     if not isinstance(backend, Backend):
         msg = f"the loader of backend {name!r} returned {type(backend).__name__}, not a Backend"
         raise TypeError(msg)
@@ -141,10 +154,13 @@ def get(name: str) -> Backend:
 
     Raises UnknownBackendError for a name nothing registered, and
     BackendUnavailableError (BackendNotInstalledError, CUDADeviceError) with the
-    reason when the backend cannot run here.
+    reason when the backend cannot run here; TypeError for a name that is not a str.
     """
     if isinstance(name, Backend):
         return name
+    if not isinstance(name, str):
+        msg = f"a backend is a name (str) or a Backend, got {type(name).__name__} {name!r}"
+        raise TypeError(msg)
     if name == "auto":
         try:
             return get("cupy")
@@ -152,7 +168,7 @@ def get(name: str) -> Backend:
             return get("numpy")
     try:
         return _instances[name]
-    except (KeyError, TypeError):
+    except KeyError:
         pass
     _load_entry_points()
     if name not in _loaders:

@@ -18,6 +18,7 @@ __all__ = [
     "seed",
     "host_rng",
     "to_host",
+    "load_npz",
 ]
 
 
@@ -45,7 +46,7 @@ class BackendEnvironmentError(BackendError, ValueError):
     """`BACKENDNN_BACKEND` holds a value that is not a usable backend."""
 
 
-_HOST = {"rng": np.random.default_rng(0), "seed": 0}
+_HOST = {"rng": np.random.default_rng(0), "seed": 0, "epoch": 0}
 
 
 def seed(n: int) -> None:
@@ -58,6 +59,7 @@ def seed(n: int) -> None:
         raise TypeError(msg)
     _HOST["rng"] = np.random.default_rng(n)
     _HOST["seed"] = n
+    _HOST["epoch"] += 1
 
 
 def host_rng() -> np.random.Generator:
@@ -79,6 +81,12 @@ def to_host(obj) -> np.ndarray:
         except (BufferError, RuntimeError, TypeError, ValueError):
             pass
     return np.asarray(obj)
+
+
+def load_npz(path) -> dict:
+    """The arrays of a NumPy .npz file as host arrays, by name (no pickles allowed)."""
+    with np.load(path, allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
 
 
 class Backend:
@@ -172,6 +180,39 @@ class Backend:
         mask = host_rng().random(shape) < p_keep
         return self.asarray(mask.astype(_np_dtype(dtype)), dtype=dtype)
 
+    def device_bernoulli(self, p_keep: float, shape, dtype="float32"):
+        """A 0/1 mask with P(1) = `p_keep`, drawn where the backend computes (dropout).
+
+        The mask is `uniform < p_keep` with the uniforms drawn in float32 whatever
+        `dtype` is, so a float64 model gets the float32 model's masks. Portable
+        fallback: drawn on the seeded host generator, then moved; NumPy draws the
+        same numbers in place, so NumPy and array-api-strict give identical masks
+        for a seed. Backends with a device generator (torch, CuPy) override this:
+        their generator is seeded with the `backendnn.seed` value on first use after
+        each `seed()` call, so a seed reproduces their masks on the same backend and
+        device, but the masks differ from NumPy's and between devices.
+        """
+        u = host_rng().random(tuple(shape), dtype=np.float32)
+        return self.asarray((u < p_keep).astype(_np_dtype(dtype)), dtype=dtype)
+
+    def _device_generator(self, make):
+        """`make(seed)`'s generator, made anew on first use after each `seed()` call."""
+        cached = getattr(self, "_device_rng", None)
+        if cached is None or cached[0] != _HOST["epoch"]:
+            cached = (_HOST["epoch"], make(_HOST["seed"]))
+            self._device_rng = cached
+        return cached[1]
+
+    # --- kernels: standard code a backend may override with a faster spelling ----
+    # Overrides must agree with these within float32 rounding (tests/test_fastpaths.py).
+    def relu(self, x):
+        """max(x, 0) element-wise, NaN kept; a new array.  Shape: any -> same."""
+        return self.xp.where(x < 0, 0.0, x)
+
+    def backprop_relu(self, grad, y):
+        """`grad` where the ReLU output `y` > 0, else 0; a new array.  Shape: y's."""
+        return self.xp.where(y > 0, grad, 0.0)
+
     # --- information -------------------------------------------------------------
     def version(self) -> str:
         return getattr(self._module(), "__version__", "?")
@@ -190,9 +231,10 @@ class Backend:
         return self
 
     def __reduce__(self):
-        from . import get
+        from . import _instances, get
 
-        return get, (self.name,)
+        key = next((k for k, b in _instances.items() if b is self), self.name)
+        return get, (key,)
 
 
 def _np_dtype(dtype):

@@ -61,6 +61,14 @@ class CupyBackend(Backend):
     def to_numpy(self, x):
         return self._cupy.asnumpy(x) if isinstance(x, self._cupy.ndarray) else super().to_numpy(x)
 
+    def device_bernoulli(self, p_keep, shape, dtype="float32"):
+        """`random < p_keep` from a cupy.random Generator on the GPU, seeded with
+        the `backendnn.seed` value."""
+        cupy = self._cupy
+        gen = self._device_generator(cupy.random.default_rng)
+        u = gen.random(tuple(shape), dtype=cupy.float32)
+        return (u < p_keep).astype(self.dtype(dtype))
+
     def synchronize(self):
         self._cupy.cuda.get_current_stream().synchronize()
 

@@ -48,6 +48,17 @@ class TorchBackend(Backend):
     def to_numpy(self, x):
         return x.detach().cpu().numpy() if isinstance(x, self._torch.Tensor) else to_host(x)
 
+    def device_bernoulli(self, p_keep, shape, dtype="float32"):
+        """`rand < p_keep` from a torch.Generator on the device, seeded with the
+        `backendnn.seed` value (CPU and CUDA generators give different masks)."""
+        torch = self._torch
+        gen = self._device_generator(self._make_generator)
+        u = torch.rand(tuple(shape), generator=gen, device=self.device, dtype=torch.float32)
+        return (u < p_keep).to(self.dtype(dtype))
+
+    def _make_generator(self, seed):
+        return self._torch.Generator(device=self.device).manual_seed(seed)
+
     def synchronize(self):
         if self.device.type == "cuda":
             self._torch.cuda.synchronize()

@@ -9,17 +9,22 @@ from .base import Layer
 
 
 class ReLU(Layer):
-    """max(x, 0); the gradient passes where x > 0.  Shape: any -> same."""
+    """max(x, 0); the gradient passes where x > 0.  Shape: any -> same.
+
+    Keeps its output y (y > 0 exactly where x > 0), which the next layer keeps
+    anyway, so the input can be freed. The kernels are the backend's `relu` and
+    `backprop_relu` (NumPy has a faster spelling than np.where).
+    """
 
     def forward(self, x):
-        self.x = x
-        return self.xp.where(x > 0, x, 0.0)
+        self.y = self.backend.relu(x)
+        return self.y
 
     def backward(self, grad):
-        return self.xp.where(self._need(self.x) > 0, grad, 0.0)
+        return self.backend.backprop_relu(grad, self._need(self.y))
 
     def _clear(self):
-        self.x = None
+        self.y = None
 
 
 class LeakyReLU(Layer):

@@ -1,8 +1,7 @@
 """The affine layer."""
 from __future__ import annotations
 
-import math
-
+from .. import init as _init
 from .base import Layer, ShapeError
 
 
@@ -11,11 +10,15 @@ class Linear(Layer):
 
     Args:
         n_inp, n_out: input and output features.
+        init: the weights' initialiser, a name of `backendnn.init.INITIALIZERS`
+            ("default", "xavier_uniform", "kaiming_normal", ...) or a callable
+            f(shape, *, backend, dtype) -> array. Default: the seed's uniform.
         backend, dtype: where the parameters live (default: the current backend, float32).
 
     Shape: x (batch, n_inp) -> y (batch, n_out).
-    Attributes: weights (n_inp, n_out), uniform in ±1/sqrt(n_inp) from the seeded
-        host generator; bias (n_out,), zeros.
+    Attributes: weights (n_inp, n_out), from `init` (default: uniform in
+        ±1/sqrt(n_inp)) drawn from the seeded host generator; bias (n_out,), zeros.
+        `init` keeps a name (a callable not in INITIALIZERS is recorded as "default").
     After backward: grad_w, grad_b, the batch means of the per-sample gradients,
         shaped like weights and bias.
 
@@ -27,21 +30,24 @@ class Linear(Layer):
     param_names = ("weights", "bias")
     grad_names = ("grad_w", "grad_b")
 
-    def __init__(self, n_inp: int, n_out: int, *, backend=None, dtype: str = "float32"):
+    def __init__(self, n_inp: int, n_out: int, *, init="default", backend=None,
+                 dtype: str = "float32"):
         for name, value in (("n_inp", n_inp), ("n_out", n_out)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 msg = f"Linear: `{name}` must be a positive int, got {value!r}"
                 raise ValueError(msg)
         super().__init__(backend=backend, dtype=dtype)
         self.n_inp, self.n_out = n_inp, n_out
+        self._init_fn = _init.get(init)
+        self.init = _init.name_of(init)
         self.x = None
         self.grad_w = self.grad_b = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """The seed's initialisation: weights uniform in ±1/sqrt(n_inp), bias zero."""
-        k = 1.0 / math.sqrt(self.n_inp)
-        self.weights = self.backend.uniform(-k, k, (self.n_inp, self.n_out), self.dtype)
+        """Weights from the initialiser (default: uniform in ±1/sqrt(n_inp)), bias zero."""
+        self.weights = self._init_fn((self.n_inp, self.n_out), backend=self.backend,
+                                     dtype=self.dtype)
         self.bias = self.xp.zeros((self.n_out,), dtype=self.backend.dtype(self.dtype),
                                   device=self.backend.device)
 
@@ -50,7 +56,11 @@ class Linear(Layer):
             msg = f"expected input (batch, {self.n_inp}), got shape {tuple(x.shape)}"
             raise ShapeError(msg)
         self.x = x
-        return x @ self.weights + self.bias
+        y = x @ self.weights
+        if self.backend.inplace:  # y is new: add the bias without a second array
+            y += self.bias
+            return y
+        return y + self.bias
 
     def _param_grads(self, grad):
         x = self._need(self.x)

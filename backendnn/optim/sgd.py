@@ -1,7 +1,7 @@
 """Stochastic gradient descent, with torch.optim.SGD's momentum, Nesterov and weight decay."""
 from __future__ import annotations
 
-from .optimizer import Optimizer, _check
+from .optimizer import Optimizer, _check, _check_bool, _iadd, _imul, _isub
 
 
 class SGD(Optimizer):
@@ -11,36 +11,47 @@ class SGD(Optimizer):
         buf = g (first step), else momentum * buf + (1 - dampening) * g
         d = g + momentum * buf (nesterov), buf (momentum), or g (plain)
 
+    Options may differ per parameter group (see `Optimizer`).
+    State per parameter: "momentum_buffer" (with momentum).
     Nesterov: Sutskever et al., 2013, http://proceedings.mlr.press/v28/sutskever13.html
     """
 
     def __init__(self, model, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False, dampening: float = 0.0):
-        super().__init__(model, lr)
-        name = type(self).__name__
-        _check(name, "momentum", momentum)
-        _check(name, "weight_decay", weight_decay)
-        _check(name, "dampening", dampening, upper=1.0)
-        if nesterov and (momentum <= 0 or dampening != 0):
-            msg = f"{name}: nesterov=True needs momentum > 0 and dampening = 0"
-            raise ValueError(msg)
-        self.momentum, self.weight_decay = float(momentum), float(weight_decay)
-        self.nesterov, self.dampening = bool(nesterov), float(dampening)
+        super().__init__(model, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+                                 "nesterov": nesterov, "dampening": dampening})
 
-    def _update(self, i, p, g):
-        if self.weight_decay:
-            g = g + self.weight_decay * p
-        if self.momentum:
-            state = self.state[i]
+    def _check_group(self, group, owner):
+        super()._check_group(group, owner)
+        _check(owner, "momentum", group["momentum"])
+        _check(owner, "weight_decay", group["weight_decay"])
+        _check(owner, "dampening", group["dampening"], upper=1.0)
+        _check_bool(owner, "nesterov", group["nesterov"])
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            msg = f"{owner}: nesterov=True needs momentum > 0 and dampening = 0"
+            raise ValueError(msg)
+
+    def _state_keys(self, group):
+        return ("momentum_buffer",) if group["momentum"] else ()
+
+    def _update(self, p, g, state, group, backend):
+        ip = backend.inplace
+        momentum, weight_decay = group["momentum"], group["weight_decay"]
+        owned = False  # whether g is a temporary of ours, free to scale in place
+        if weight_decay:
+            g, owned = _iadd(p * weight_decay, g, ip), True
+        if momentum:
             buf = state.get("momentum_buffer")
             if buf is None:
-                buf = g * 1.0
+                buf = g if owned else backend.xp.asarray(g, copy=True)
             else:
-                buf = self.momentum * buf + (1.0 - self.dampening) * g
+                buf = _imul(buf, momentum, ip)
+                dampening = group["dampening"]
+                buf = _iadd(buf, g * (1.0 - dampening) if dampening else g, ip)
             state["momentum_buffer"] = buf
-            g = g + self.momentum * buf if self.nesterov else buf
-        return self.lr * g
-
-    def __repr__(self):
-        return (f"SGD(lr={self.lr}, momentum={self.momentum}, weight_decay={self.weight_decay}, "
-                f"nesterov={self.nesterov})")
+            if group["nesterov"]:
+                g, owned = _iadd(buf * momentum, g, ip), True
+            else:
+                g, owned = buf, False
+        g = _imul(g, group["lr"], ip) if owned else g * group["lr"]
+        return _isub(p, g, ip)

@@ -1,0 +1,495 @@
+"""Checkpoints: a model, its optimiser, its trainer and the host RNG in one safetensors file.
+
+    save(model, "run.safetensors", trainer=trainer)      # optimiser taken from the trainer
+    model = load("run.safetensors", backend="torch")      # rebuilt, on any backend
+    restore("run.safetensors", trainer=Trainer(model, SGD(model, lr=0.1, momentum=0.9), dl))
+
+The file is plain safetensors:
+- tensors `layers.<i>.<name>` hold each layer's parameters and buffers
+  ("layers.0.weights", "layers.0.bias", ...), readable by any safetensors user;
+  tensors `optimizer.<path>` hold the optimiser's array state.
+- string metadata, JSON: `model` (layer classes and constructor arguments, the
+  criterion, the dtype), `optimizer` (its class and `state_dict()` with arrays
+  replaced by tensor names), `trainer` (epoch and history), `rng` (the state of
+  the seeded host bit generator, which shuffles and initialises), `extra` (yours).
+
+A layer's constructor arguments come from its `config()` method when it has one,
+else from the attributes named like the parameters of its `__init__` (`Linear`
+keeps `n_inp`, `n_out`): a custom layer stores its arguments under their own
+names, or defines `config()` returning them as a JSON-able dict.
+
+Writes are atomic: the file is written beside the target and renamed over it, so
+a crash mid-write leaves the previous checkpoint intact. Arrays pass through the
+host as NumPy arrays (`backend.to_numpy`, `backend.asarray`); this module imports
+no array library itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import os
+import tempfile
+
+from .backends import get_backend, host_rng
+from .layers import Layer
+from .losses import Loss
+
+FORMAT = "backendnn"
+FORMAT_VERSION = "1"
+
+__all__ = ["save", "load", "restore", "read_metadata", "CheckpointError"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or does not match what it is loaded into."""
+
+
+# --- writing ------------------------------------------------------------------------
+
+def save(model, path, optimizer=None, trainer=None, *, extra: dict | None = None) -> None:
+    """Write `model` (and `optimizer`, `trainer`, the host RNG state) to `path`.
+
+    Args:
+        model: a `Sequential` (or subclass).
+        path: the file to write; replaced atomically when it exists.
+        optimizer: its `state_dict()` is saved; default: `trainer.optimizer`.
+        trainer: its `epoch` and `history` are saved (and a scheduler's
+            `state_dict()` when the trainer has one).
+        extra: any JSON-able dict of your own (feature scaling, class names),
+            returned by `read_metadata(path)["extra"]`.
+    """
+    if optimizer is None and trainer is not None:
+        optimizer = getattr(trainer, "optimizer", None)
+    backend = model.backend
+    tensors: dict = {}
+
+    def host(name, array):
+        value = backend.to_numpy(array)
+        if not value.flags.c_contiguous:
+            value = value.copy(order="C")
+        tensors[name] = value
+        return {"$tensor": name}
+
+    layers = []
+    for i, layer in enumerate(model.layers):
+        arrays = []
+        for name in tuple(layer.param_names) + tuple(layer.buffer_names):
+            value = getattr(layer, name, None)
+            if value is not None:
+                host(f"layers.{i}.{name}", value)
+                arrays.append(name)
+        layers.append({**_describe(layer), "arrays": arrays})
+    spec = {"class": type(model).__qualname__, "dtype": model.dtype, "layers": layers,
+            "criterion": None if model.criterion is None else _describe(model.criterion)}
+    if hasattr(model, "sizes"):
+        spec["sizes"] = list(model.sizes)
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": _dumps(spec),
+                "rng": _dumps(_rng_state())}
+    if optimizer is not None:
+        state = _encode(_state_dict(optimizer), "optimizer", host)
+        metadata["optimizer"] = _dumps({"class": type(optimizer).__qualname__, "state": state})
+    if extra is not None:
+        metadata["extra"] = _dumps(extra)
+    if trainer is not None:
+        info = {"epoch": int(trainer.epoch), "history": [dict(row) for row in trainer.history]}
+        scheduler = getattr(trainer, "scheduler", None)
+        if scheduler is not None and hasattr(scheduler, "state_dict"):
+            info["scheduler"] = {"class": type(scheduler).__qualname__,
+                                 "state": _encode(scheduler.state_dict(), "scheduler", host)}
+        metadata["trainer"] = _dumps(info)
+    data = _safetensors().numpy.save(tensors, metadata=metadata)
+    _atomic_write(os.fspath(path), data)
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    """Write `data` to a temporary file in `path`'s folder, fsync it, rename it over `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write_all(f, data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode(path))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_all(f, data: bytes) -> None:
+    f.write(data)
+
+
+def _file_mode(path: str) -> int:
+    """The existing file's permissions, else the usual 0o666 minus the umask."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _describe(obj) -> dict:
+    return {"class": type(obj).__qualname__, "module": type(obj).__module__,
+            "config": _config(obj)}
+
+
+def _config(obj) -> dict:
+    """The constructor arguments that rebuild `obj` (a Layer or Loss), JSON-able."""
+    own = getattr(obj, "config", None)
+    if callable(own):
+        config = dict(own())
+    else:
+        config = {}
+        for name, p in _init_params(type(obj)).items():
+            if name in ("backend", "dtype") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            if not hasattr(obj, name):
+                msg = (
+                    f"cannot record the constructor argument `{name}` of "
+                    f"{type(obj).__name__}: keep it as self.{name}, or give "
+                    f"{type(obj).__name__} a config() method returning its constructor arguments"
+                )
+                raise TypeError(msg)
+            config[name] = getattr(obj, name)
+    try:
+        json.dumps(config)
+    except (TypeError, ValueError) as e:
+        msg = f"the constructor arguments of {type(obj).__name__} are not JSON-able ({e}): {config!r}"
+        raise TypeError(msg) from None
+    return config
+
+
+def _init_params(cls) -> dict:
+    return dict(list(inspect.signature(cls.__init__).parameters.items())[1:])
+
+
+def _encode(obj, path: str, host):
+    """`obj` (nested dicts, lists, tuples, scalars, arrays) as JSON, arrays given to `host`."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("$") for k in obj):
+            return {k: _encode(v, f"{path}.{k}", host) for k, v in obj.items()}
+        return {"$items": [[k, _encode(v, f"{path}.{k}", host)] for k, v in obj.items()]}
+    if isinstance(obj, list):
+        return [_encode(v, f"{path}.{i}", host) for i, v in enumerate(obj)]
+    if isinstance(obj, tuple):
+        return {"$tuple": [_encode(v, f"{path}.{i}", host) for i, v in enumerate(obj)]}
+    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
+        return host(path, obj)
+    msg = f"cannot save {path}: {type(obj).__name__} is not an array, number, string, list or dict"
+    raise TypeError(msg)
+
+
+def _decode(obj, array):
+    if isinstance(obj, list):
+        return [_decode(v, array) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if "$tensor" in obj:
+        return array(obj["$tensor"])
+    if "$tuple" in obj:
+        return tuple(_decode(v, array) for v in obj["$tuple"])
+    if "$items" in obj:
+        return {k: _decode(v, array) for k, v in obj["$items"]}
+    return {k: _decode(v, array) for k, v in obj.items()}
+
+
+def _state_dict(optimizer) -> dict:
+    if hasattr(optimizer, "state_dict"):
+        return optimizer.state_dict()
+    msg = f"{type(optimizer).__name__} has no state_dict(): it cannot be checkpointed"
+    raise TypeError(msg)
+
+
+def _rng_state() -> dict:
+    return host_rng().bit_generator.state
+
+
+def _dumps(obj) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+# --- reading ------------------------------------------------------------------------
+
+def read_metadata(path) -> dict:
+    """The checkpoint's metadata, JSON values decoded (no tensor is read)."""
+    with _open(path) as f:
+        return _metadata(path, f)
+
+
+def load(path, backend=None):
+    """Rebuild the model saved in `path` on `backend` (default: the current backend).
+
+    Returns a `Sequential` (or the saved subclass, rebuilt through
+    `Sequential.__init__`) with the saved weights and buffers. The host RNG is
+    left as it was; `restore` brings back the optimiser, trainer and RNG state.
+    """
+    backend = get_backend(backend)
+    with _open(path) as f:
+        meta = _metadata(path, f)
+        spec = meta.get("model")
+        if spec is None:
+            msg = (
+                f"{os.fspath(path)} has no backendnn model description (metadata 'model'); "
+                "build the model yourself and read the weights with restore(path, model=model)"
+            )
+            raise CheckpointError(msg)
+        rng = host_rng().bit_generator
+        state = rng.state
+        try:
+            model = _build(spec, backend)
+        finally:
+            rng.state = state
+        _load_weights(path, f, model, spec)
+    return model
+
+
+def restore(path, *, model=None, optimizer=None, trainer=None, rng: bool = True) -> dict:
+    """Load what `path` holds into existing objects, for an exact resume.
+
+    Args:
+        model: receives the weights and buffers; default: `optimizer.model` or
+            `trainer.model`.
+        optimizer: receives the saved optimiser state (`load_state_dict`);
+            default: `trainer.optimizer`.
+        trainer: receives the saved epoch and history (and scheduler state).
+        rng: also set the seeded host generator to its saved state, so shuffling
+            continues as it would have.
+
+    Returns the checkpoint's metadata. Raises CheckpointError when the file does not
+    match: another architecture, a tensor of another shape, another optimiser class.
+    """
+    if trainer is not None:
+        optimizer = optimizer if optimizer is not None else getattr(trainer, "optimizer", None)
+        model = model if model is not None else trainer.model
+    if model is None and optimizer is not None:
+        model = getattr(optimizer, "model", None)
+        model = model if hasattr(model, "layers") else None
+    with _open(path) as f:
+        meta = _metadata(path, f)
+        if model is not None:
+            _load_weights(path, f, model, meta.get("model"))
+        array = _reader(path, f, model.backend if model is not None else get_backend())
+        if optimizer is not None:
+            _restore_optimizer(path, meta, optimizer, array)
+        if trainer is not None:
+            _restore_trainer(path, meta, trainer, array)
+    if rng:
+        _restore_rng(path, meta)
+    return meta
+
+
+def _open(path):
+    st = _safetensors()
+    try:
+        return st.safe_open(os.fspath(path), framework="np")
+    except FileNotFoundError:
+        raise
+    except Exception as e:
+        msg = (
+            f"{os.fspath(path)} is not a readable safetensors file ({e}); it may be "
+            "truncated or corrupt: use an earlier checkpoint"
+        )
+        raise CheckpointError(msg) from None
+
+
+def _metadata(path, f) -> dict:
+    raw = f.metadata() or {}
+    meta = {}
+    for key, value in raw.items():
+        if key in ("model", "optimizer", "trainer", "rng", "extra"):
+            try:
+                value = json.loads(value)
+            except ValueError as e:
+                msg = f"{os.fspath(path)}: metadata {key!r} is not valid JSON ({e}); the file is corrupt"
+                raise CheckpointError(msg) from None
+        meta[key] = value
+    if raw and raw.get("format") not in (None, FORMAT):
+        msg = f"{os.fspath(path)}: metadata 'format' is {raw.get('format')!r}, expected {FORMAT!r}"
+        raise CheckpointError(msg)
+    return meta
+
+
+def _reader(path, f, backend):
+    """name -> a fresh array on `backend`, with a clear error for a missing tensor."""
+    keys = set(f.keys())
+
+    def array(name, dtype=None):
+        if name not in keys:
+            msg = f"{os.fspath(path)} lacks the tensor {name!r}; the file is incomplete or corrupt"
+            raise CheckpointError(msg)
+        try:
+            value = f.get_tensor(name)
+        except Exception as e:
+            msg = f"{os.fspath(path)}: cannot read tensor {name!r} ({e}); the file is corrupt"
+            raise CheckpointError(msg) from None
+        x = backend.asarray(value, dtype=dtype)
+        return backend.xp.asarray(x, copy=True)
+
+    return array
+
+
+def _build(spec: dict, backend):
+    from .model import Sequential
+
+    try:
+        layers = [_make(entry, Layer, backend, spec.get("dtype", "float32"))
+                  for entry in spec["layers"]]
+        criterion = spec.get("criterion")
+        criterion = None if criterion is None else _make(criterion, Loss, backend, None)
+        cls = _find_class(spec.get("class", "Sequential"), None, Sequential)
+    except KeyError as e:
+        msg = f"the model description lacks {e}; the file was not written by backendnn.save"
+        raise CheckpointError(msg) from None
+    model = cls.__new__(cls)
+    Sequential.__init__(model, layers, criterion, backend=backend)
+    if "sizes" in spec:
+        model.sizes = list(spec["sizes"])
+    return model
+
+
+def _make(entry: dict, base: type, backend, dtype):
+    cls = _find_class(entry["class"], entry.get("module"), base)
+    kwargs = dict(entry.get("config", {}))
+    params = _init_params(cls)
+    open_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    if open_kw or "backend" in params:
+        kwargs["backend"] = backend
+    if dtype is not None and (open_kw or "dtype" in params):
+        kwargs["dtype"] = dtype
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        msg = f"cannot rebuild {entry['class']} with the saved arguments {entry.get('config')}: {e}"
+        raise CheckpointError(msg) from None
+
+
+def _find_class(name: str, module: str | None, base: type) -> type:
+    """`base` or the subclass of it called `name` (defined in `module`, preferred)."""
+    found, todo = [], [base]
+    while todo:
+        cls = todo.pop()
+        if cls.__qualname__ == name:
+            found.append(cls)
+        todo.extend(cls.__subclasses__())
+    exact = [c for c in found if c.__module__ == module]
+    if exact or found:
+        return (exact or found)[0]
+    msg = (
+        f"the checkpoint names the {base.__name__} class {name!r}"
+        f"{f' from {module!r}' if module else ''}, which is not defined: import the "
+        "module that defines it before loading"
+    )
+    raise CheckpointError(msg)
+
+
+def _load_weights(path, f, model, spec) -> None:
+    """Set every saved parameter and buffer of `model`, checking names and shapes first."""
+    where = os.fspath(path)
+    layers = model.layers
+    if spec is not None:
+        saved = [entry["class"] for entry in spec.get("layers", [])]
+        mine = [type(layer).__qualname__ for layer in layers]
+        if saved != mine:
+            msg = f"{where} holds the layers {saved}, but the model has {mine}"
+            raise CheckpointError(msg)
+    keys = set(f.keys())
+    wanted = {}
+    for i, layer in enumerate(layers):
+        for name in tuple(layer.param_names) + tuple(layer.buffer_names):
+            key = f"layers.{i}.{name}"
+            current = getattr(layer, name, None)
+            if key not in keys:
+                if name in layer.buffer_names and current is None:
+                    continue
+                msg = (
+                    f"{where} lacks the tensor {key!r} ({type(layer).__name__}.{name}"
+                    f"{'' if current is None else f', shape {tuple(current.shape)}'})"
+                )
+                raise CheckpointError(msg)
+            got = tuple(f.get_slice(key).get_shape())
+            if current is not None and tuple(current.shape) != got:
+                msg = (
+                    f"{where}: tensor {key!r} has shape {got}, but layer {i} "
+                    f"({type(layer).__name__}) expects {name} of shape {tuple(current.shape)}"
+                )
+                raise CheckpointError(msg)
+            wanted[key] = (layer, name)
+    extra = sorted(k for k in keys if k.startswith("layers.") and k not in wanted)
+    if extra:
+        msg = f"{where} holds tensors the model has no place for: {extra}"
+        raise CheckpointError(msg)
+    array = _reader(path, f, model.backend)
+    values = [(layer, name, array(key, layer.dtype)) for key, (layer, name) in wanted.items()]
+    for layer, name, value in values:
+        setattr(layer, name, value)
+
+
+def _restore_optimizer(path, meta: dict, optimizer, array) -> None:
+    saved = meta.get("optimizer")
+    if saved is None:
+        msg = f"{os.fspath(path)} holds no optimiser state: it was saved without an optimizer"
+        raise CheckpointError(msg)
+    if saved.get("class") != type(optimizer).__qualname__:
+        msg = (
+            f"{os.fspath(path)} holds the state of a {saved.get('class')} optimiser, "
+            f"not of {type(optimizer).__name__}: build a {saved.get('class')} to resume"
+        )
+        raise CheckpointError(msg)
+    try:
+        optimizer.load_state_dict(_decode(saved["state"], array))
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        msg = f"{os.fspath(path)}: the optimiser state does not fit {optimizer!r}: {e}"
+        raise CheckpointError(msg) from None
+
+
+def _restore_trainer(path, meta: dict, trainer, array) -> None:
+    from .train import History
+
+    info = meta.get("trainer")
+    if info is None:
+        msg = f"{os.fspath(path)} holds no trainer state: it was saved without a trainer"
+        raise CheckpointError(msg)
+    trainer.epoch = int(info["epoch"])
+    trainer.history = History(info.get("history", []))
+    scheduler, saved = getattr(trainer, "scheduler", None), info.get("scheduler")
+    if scheduler is not None and saved is not None and hasattr(scheduler, "load_state_dict"):
+        if saved.get("class") != type(scheduler).__qualname__:
+            msg = (f"{os.fspath(path)} holds the state of a {saved.get('class')} schedule, "
+                   f"not of {type(scheduler).__name__}")
+            raise CheckpointError(msg)
+        try:
+            scheduler.load_state_dict(_decode(saved["state"], array))
+        except (KeyError, TypeError, ValueError) as e:
+            msg = f"{os.fspath(path)}: the schedule state does not fit {scheduler!r}: {e}"
+            raise CheckpointError(msg) from None
+
+
+def _restore_rng(path, meta: dict) -> None:
+    state = meta.get("rng")
+    if state is None:
+        return
+    generator = host_rng().bit_generator
+    try:
+        generator.state = state
+    except (TypeError, ValueError, KeyError) as e:
+        msg = f"{os.fspath(path)}: the saved RNG state does not fit the host generator ({e})"
+        raise CheckpointError(msg) from None
+
+
+def _safetensors():
+    try:
+        import safetensors
+        import safetensors.numpy  # noqa: F401
+    except ImportError as e:
+        msg = "checkpoints need the safetensors package: pip install 'backendnn[io]'"
+        raise ImportError(msg) from e
+    return safetensors

@@ -1,0 +1,121 @@
+"""Batch normalisation over the batch axis."""
+from __future__ import annotations
+
+from .base import Layer, ShapeError
+
+
+class BatchNorm1d(Layer):
+    """y = gamma * (x - mean) / sqrt(var + eps) + beta, per feature.
+
+    In training the mean and (biased) variance are those of the batch (and of the
+    positions L for 3-d input), and the running statistics move towards them:
+    running = (1 - momentum) * running + momentum * batch, with the unbiased
+    variance, as `torch.nn.BatchNorm1d`. In eval mode the running statistics are
+    used instead.
+
+    Args:
+        num_features: C, the feature axis (axis 1) of the input.
+        eps: added to the variance. momentum: weight of each new batch, in [0, 1].
+        affine: learn gamma and beta (else y is the normalised x).
+
+    Shape: x (batch, C) or (batch, C, L) -> same.
+    Attributes: gamma (C,) ones, beta (C,) zeros (when affine); buffers
+        running_mean (C,) zeros, running_var (C,) ones.
+    After backward: grad_gamma, grad_beta, batch means of the per-sample gradients.
+    """
+
+    buffer_names = ("running_mean", "running_var")
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, *, backend=None, dtype: str = "float32"):
+        if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
+            msg = f"BatchNorm1d: `num_features` must be a positive int, got {num_features!r}"
+            raise ValueError(msg)
+        if not isinstance(eps, (int, float)) or not eps > 0:
+            msg = f"BatchNorm1d: `eps` must be a positive number, got {eps!r}"
+            raise ValueError(msg)
+        if not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
+            msg = f"BatchNorm1d: `momentum` must be a number in [0, 1], got {momentum!r}"
+            raise ValueError(msg)
+        super().__init__(backend=backend, dtype=dtype)
+        self.num_features, self.eps, self.momentum = num_features, float(eps), float(momentum)
+        self.affine = bool(affine)
+        self.param_names = ("gamma", "beta") if self.affine else ()
+        self.grad_names = ("grad_gamma", "grad_beta") if self.affine else ()
+        self.grad_gamma = self.grad_beta = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """gamma ones, beta zeros; running mean zeros, running variance ones."""
+        xp, dt, dev = self.xp, self.backend.dtype(self.dtype), self.backend.device
+        c = self.num_features
+        self.running_mean = xp.zeros((c,), dtype=dt, device=dev)
+        self.running_var = xp.ones((c,), dtype=dt, device=dev)
+        self.gamma = xp.ones((c,), dtype=dt, device=dev) if self.affine else None
+        self.beta = xp.zeros((c,), dtype=dt, device=dev) if self.affine else None
+
+    def _axes(self, x):
+        if x.ndim not in (2, 3) or x.shape[1] != self.num_features:
+            msg = (f"expected input (batch, {self.num_features}) or "
+                   f"(batch, {self.num_features}, L), got shape {tuple(x.shape)}")
+            raise ShapeError(msg)
+        return (0,) if x.ndim == 2 else (0, 2)
+
+    def _per_feature(self, v, x):
+        """A (C,) vector shaped to broadcast against x."""
+        return v if x.ndim == 2 else self.xp.reshape(v, (self.num_features, 1))
+
+    def forward(self, x):
+        xp = self.xp
+        axes = self._axes(x)
+        if self.training:
+            m = x.shape[0] * (1 if x.ndim == 2 else x.shape[2])
+            if m < 2:
+                msg = (f"training needs more than one value per feature, got input of "
+                       f"shape {tuple(x.shape)}: use a larger batch, or eval mode")
+                raise ShapeError(msg)
+            mean = xp.mean(x, axis=axes)
+            centred = x - self._per_feature(mean, x)
+            var = xp.mean(centred * centred, axis=axes)
+            self._update_running(mean, var * (m / (m - 1)))
+        else:
+            var = self.running_var
+            centred = x - self._per_feature(self.running_mean, x)
+        inv_std = self._per_feature(1.0 / xp.sqrt(var + self.eps), x)
+        self.x_hat, self.inv_std = centred * inv_std, inv_std
+        self._batch_stats = self.training
+        if not self.affine:
+            return self.x_hat
+        return self.x_hat * self._per_feature(self.gamma, x) + self._per_feature(self.beta, x)
+
+    def _update_running(self, mean, unbiased_var):
+        k = self.momentum
+        rm, rv = self.running_mean, self.running_var
+        self.running_mean = (1.0 - k) * rm + k * self.xp.astype(mean, rm.dtype, copy=False)
+        self.running_var = (1.0 - k) * rv + k * self.xp.astype(unbiased_var, rv.dtype, copy=False)
+
+    def backward(self, grad):
+        xp = self.xp
+        x_hat = self._need(self.x_hat)
+        axes = (0,) if grad.ndim == 2 else (0, 2)
+        sum_g = xp.sum(grad, axis=axes)
+        sum_g_xhat = xp.sum(grad * x_hat, axis=axes)
+        if self.affine:
+            n = grad.shape[0]
+            self.grad_gamma, self.grad_beta = sum_g_xhat * (1.0 / n), sum_g * (1.0 / n)
+            scale = self.inv_std * self._per_feature(self.gamma, grad)
+        else:
+            scale = self.inv_std
+        if not self._batch_stats:
+            return grad * scale
+        m = grad.shape[0] * (1 if grad.ndim == 2 else grad.shape[2])
+        mean_g = self._per_feature(sum_g * (1.0 / m), grad)
+        mean_g_xhat = self._per_feature(sum_g_xhat * (1.0 / m), grad)
+        return scale * (grad - mean_g - x_hat * mean_g_xhat)
+
+    def _clear(self):
+        self.x_hat = self.inv_std = None
+        self._batch_stats = False
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"

@@ -1,0 +1,519 @@
+"""One CPU training step of the same network in backendnn, PyTorch and scikit-learn.
+
+    python benchmarks/cpu.py                       # all cases, 7 rounds, 2 threads
+    python benchmarks/cpu.py --cases mlp --rounds 11 --markdown out.md --png out.png
+
+Every contender runs in its own worker process (two BLAS thread pools in one process
+fight over the cores), started once per case with the same thread count in
+OMP/OPENBLAS/MKL_NUM_THREADS (and `torch.set_num_threads`). The workers take turns:
+in each round every worker times one block of steps while the others wait on a pipe,
+in an order rotated every round, with a pause between blocks so the previous worker's
+BLAS threads stop spinning. A contender's figure is the median over all its timed
+steps; ratios are of medians from the same run.
+
+Contenders (each step is forward, loss, backward and parameter update):
+  backendnn  Sequential(Linear, ReLU, ...) + CrossEntropy, SGD(lr=0.01), numpy backend
+  torch      torch.nn.Sequential + CrossEntropyLoss, torch.optim.SGD(lr=0.01), eager
+  sklearn    MLPClassifier(solver="sgd", batch_size=batch, momentum=0, alpha=0,
+             shuffle=False): one `partial_fit(x, y)` call, which is one SGD step on a
+             batch of `batch` rows (its input validation is part of the step)
+  floor      the step's matrix products alone on NumPy's BLAS, into preallocated
+             outputs: x @ W per layer, x.T @ g per layer, g @ W.T for every layer
+             but the first (the network's input needs no gradient)
+
+Peak memory: a fresh process per contender and case warms its library up on a small
+network, resets the kernel's peak-RSS mark (/proc/self/clear_refs), builds the model
+and runs a few steps; the figure is the peak RSS minus the RSS before the model was
+built (parameters, gradients, activations, optimiser state, temporaries). Where the
+mark cannot be reset it falls back to the ru_maxrss increase.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+CASES = {
+    "mlp": {"sizes": [784, 512, 256, 10], "batch": 256,
+            "what": "784-512-256-10, ReLU, cross-entropy, batch 256"},
+    "tiny": {"sizes": [64] * 10, "batch": 32,
+             "what": "9 Linear layers of width 64, ReLU between, 64 classes, batch 32"},
+    "wide": {"sizes": [2048, 2048, 2048, 10], "batch": 512,
+             "what": "2048-2048-2048-10, ReLU, cross-entropy, batch 512"},
+}
+CONTENDERS = ("backendnn", "torch", "sklearn", "floor")
+MEMORY_CONTENDERS = ("backendnn", "torch", "sklearn")
+LR = 0.01
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+TARGETS = {  # (column, case) -> (bound, "<=" or ">=")
+    ("backendnn/torch", "mlp"): (1.0, "<="),
+    ("backendnn/torch", "wide"): (1.05, "<="),
+    ("backendnn/torch", "tiny"): (0.6, "<="),
+    ("backendnn/floor", "mlp"): (1.2, "<="),
+    ("backendnn/floor", "wide"): (1.2, "<="),
+    ("sklearn/backendnn", "mlp"): (2.0, ">="),
+    ("sklearn/backendnn", "tiny"): (2.0, ">="),
+    ("sklearn/backendnn", "wide"): (2.0, ">="),
+    ("memory backendnn/torch", "mlp"): (1.1, "<="),
+    ("memory backendnn/torch", "tiny"): (1.1, "<="),
+    ("memory backendnn/torch", "wide"): (1.1, "<="),
+}
+
+
+# --- the contenders, built inside their worker ------------------------------------
+def _data(case: str):
+    """The same host batch for every contender: x (batch, n_in) float32, y (batch,) int64."""
+    import numpy as np
+
+    spec = CASES[case]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((spec["batch"], spec["sizes"][0]), dtype=np.float32)
+    y = rng.integers(0, spec["sizes"][-1], spec["batch"])
+    return x, y
+
+
+def _make_backendnn(sizes, x, y):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, root)
+    import backendnn as bn
+
+    bn.seed(0)
+    layers = []
+    for n_inp, n_out in zip(sizes[:-1], sizes[1:]):
+        layers += [bn.Linear(n_inp, n_out, backend="numpy"), bn.ReLU(backend="numpy")]
+    model = bn.Sequential(layers[:-1], bn.CrossEntropy(backend="numpy"))
+    opt = bn.SGD(model, lr=LR)
+    criterion = model.criterion
+
+    def step():
+        criterion(model(x), y)
+        model.backward()
+        opt.step()
+
+    return step
+
+
+def _make_torch(sizes, x, y, threads):
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    layers = []
+    for n_inp, n_out in zip(sizes[:-1], sizes[1:]):
+        layers += [torch.nn.Linear(n_inp, n_out), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers[:-1])
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step():
+        opt.zero_grad()
+        loss_fn(model(tx), ty).backward()
+        opt.step()
+
+    return step
+
+
+def _make_sklearn(sizes, x, y):
+    import numpy as np
+    from sklearn.neural_network import MLPClassifier
+
+    clf = MLPClassifier(
+        hidden_layer_sizes=tuple(sizes[1:-1]), activation="relu", solver="sgd",
+        batch_size=x.shape[0], learning_rate_init=LR, momentum=0.0,
+        nesterovs_momentum=False, alpha=0.0, shuffle=False, random_state=0,
+    )
+    clf.partial_fit(x, y, classes=np.arange(sizes[-1]))
+    if clf.coefs_[0].dtype != np.float32:
+        msg = f"sklearn computed in {clf.coefs_[0].dtype}, expected float32"
+        raise RuntimeError(msg)
+
+    def step():
+        clf.partial_fit(x, y)
+
+    return step
+
+
+def _make_floor(sizes, x, y):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    batch = x.shape[0]
+    ws = [rng.standard_normal((a, b), dtype=np.float32) / np.float32(a ** 0.5)
+          for a, b in zip(sizes[:-1], sizes[1:])]
+    hs = [np.empty((batch, w.shape[1]), np.float32) for w in ws]
+    gws = [np.empty_like(w) for w in ws]
+    gxs = [np.empty((batch, w.shape[0]), np.float32) for w in ws]
+    inputs = [x] + hs[:-1]
+    matmul = np.matmul
+
+    def step():
+        h = x
+        for w, out in zip(ws, hs):
+            h = matmul(h, w, out=out)
+        g = h
+        for i in range(len(ws) - 1, -1, -1):
+            matmul(inputs[i].T, g, out=gws[i])
+            if i:
+                g = matmul(g, ws[i].T, out=gxs[i])
+
+    return step
+
+
+def _make(name: str, case: str, threads: int, small: bool = False):
+    sizes = [8, 8, 4] if small else CASES[case]["sizes"]
+    if small:
+        import numpy as np
+
+        x = np.random.default_rng(0).standard_normal((4, 8), dtype=np.float32)
+        y = np.arange(4) % 4
+    else:
+        x, y = _data(case)
+    if name == "backendnn":
+        return _make_backendnn(sizes, x, y)
+    if name == "torch":
+        return _make_torch(sizes, x, y, threads)
+    if name == "sklearn":
+        return _make_sklearn(sizes, x, y)
+    if name == "floor":
+        return _make_floor(sizes, x, y)
+    msg = f"unknown contender {name!r}; choose from {CONTENDERS}"
+    raise ValueError(msg)
+
+
+def _threads_seen() -> str:
+    """The thread counts the worker's libraries report (to check they are equal)."""
+    seen = []
+    try:
+        from threadpoolctl import threadpool_info
+
+        seen += [f"{i['internal_api']}={i['num_threads']}" for i in threadpool_info()]
+    except ImportError:
+        pass
+    if "torch" in sys.modules:
+        seen.append(f"torch={sys.modules['torch'].get_num_threads()}")
+    return ",".join(sorted(set(seen)))
+
+
+# --- worker side -----------------------------------------------------------------
+def _worker(name: str, case: str, threads: int) -> None:
+    """Answer 'run SECONDS MIN MAX WARMUP' lines with the step times, in seconds."""
+    step = _make(name, case, threads)
+    for _ in range(3):
+        step()
+    _send({"ready": True, "threads": _threads_seen()})
+    clock = time.perf_counter
+    for line in sys.stdin:
+        words = line.split()
+        if not words or words[0] == "quit":
+            break
+        seconds, n_min, n_max, warmup = float(words[1]), int(words[2]), int(words[3]), int(words[4])
+        for _ in range(warmup):
+            step()
+        times, start = [], clock()
+        while len(times) < n_max and (len(times) < n_min or clock() - start < seconds):
+            t0 = clock()
+            step()
+            times.append(clock() - t0)
+        _send({"times": times})
+
+
+def _memory_worker(name: str, case: str, threads: int, steps: int = 5) -> None:
+    """Peak RSS increase (bytes) of building the model and running `steps` steps."""
+    import gc
+    import resource
+
+    _make(name, case, threads, small=True)()
+    _data(case)
+    gc.collect()
+    rss0 = _status_kib("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        method, base = "VmHWM", rss0
+    except OSError:
+        method, base = "ru_maxrss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step = _make(name, case, threads)
+    for _ in range(steps):
+        step()
+    peak = (_status_kib("VmHWM") if method == "VmHWM"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    _send({"bytes": (peak - base) * 1024, "method": method})
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    msg = f"/proc/self/status has no {key}"
+    raise OSError(msg)
+
+
+def _send(obj) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+# --- driver side -----------------------------------------------------------------
+def _env(threads: int) -> dict:
+    env = dict(os.environ)
+    for var in THREAD_VARS:
+        env[var] = str(threads)
+    return env
+
+
+class _Worker:
+    def __init__(self, name: str, case: str, threads: int):
+        self.name = name
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--case", case,
+               "--threads", str(threads)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     env=_env(threads), text=True, bufsize=1)
+        self.threads = self._read()["threads"]
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            msg = f"worker {self.name!r} exited with {self.proc.wait()} (see its stderr above)"
+            raise RuntimeError(msg)
+        return json.loads(line)
+
+    def run(self, seconds: float, n_min: int, n_max: int, warmup: int) -> list[float]:
+        self.proc.stdin.write(f"run {seconds} {n_min} {n_max} {warmup}\n")
+        return self._read()["times"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+            self.proc.wait()
+
+
+def time_case(case: str, contenders, rounds: int, threads: int, seconds: float,
+              pause: float, log) -> dict:
+    """Per contender: all step times (s) over `rounds` alternated blocks, and its threads."""
+    workers = []
+    try:
+        for name in contenders:
+            workers.append(_Worker(name, case, threads))
+        times = {w.name: [] for w in workers}
+        n_min, n_max = (2, 2000) if case != "wide" else (2, 50)
+        for r in range(rounds):
+            order = workers[r % len(workers):] + workers[:r % len(workers)]
+            for w in order:
+                time.sleep(pause)
+                times[w.name] += w.run(seconds, n_min, n_max, warmup=2)
+            log(f"  {case} round {r + 1}/{rounds}: " + ", ".join(
+                f"{n} {statistics.median(t) * 1e3:.3f} ms" for n, t in times.items()))
+        return {w.name: {"times": times[w.name], "threads": w.threads} for w in workers}
+    finally:
+        for w in workers:
+            w.close()
+
+
+def measure_memory(case: str, name: str, threads: int) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--case", case,
+           "--threads", str(threads), "--memory"]
+    out = subprocess.run(cmd, env=_env(threads), capture_output=True, text=True, check=False)
+    if out.returncode:
+        msg = f"memory worker {name!r} for {case!r} failed:\n{out.stderr}"
+        raise RuntimeError(msg)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def summarise(results: dict) -> list[dict]:
+    """One row per case: medians (ms), the spread of round medians, ratios, memory (MiB)."""
+    rows = []
+    for case, res in results.items():
+        row = {"case": case}
+        for name, r in res["time"].items():
+            row[name] = statistics.median(r["times"]) * 1e3
+            q = statistics.quantiles(r["times"], n=4) if len(r["times"]) > 1 else [0, 0, 0]
+            row[name + " iqr"] = (q[2] - q[0]) * 1e3
+            row[name + " n"] = len(r["times"])
+        for name, m in res.get("memory", {}).items():
+            row["memory " + name] = m["bytes"] / 2 ** 20
+            row["memory method"] = m["method"]
+        if "backendnn" in row:
+            b = row["backendnn"]
+            if "torch" in row:
+                row["backendnn/torch"] = b / row["torch"]
+            if "floor" in row:
+                row["backendnn/floor"] = b / row["floor"]
+            if "sklearn" in row:
+                row["sklearn/backendnn"] = row["sklearn"] / b
+            if "memory backendnn" in row and "memory torch" in row:
+                row["memory backendnn/torch"] = row["memory backendnn"] / max(row["memory torch"], 1e-9)
+        if "torch" in row and "floor" in row:
+            row["torch/floor"] = row["torch"] / row["floor"]
+        rows.append(row)
+    return rows
+
+
+RATIOS = ("backendnn/torch", "backendnn/floor", "torch/floor", "sklearn/backendnn",
+          "memory backendnn/torch")
+
+
+def _mark(col: str, case: str, value: float) -> str:
+    target = TARGETS.get((col, case))
+    if target is None:
+        return ""
+    bound, op = target
+    ok = value <= bound if op == "<=" else value >= bound
+    return f" {'ok' if ok else 'MISS'} ({op} {bound:g})"
+
+
+def table(rows: list[dict], markdown: bool = False) -> str:
+    """The results as a plain-text or Markdown table; ratios carry their target's verdict."""
+    header = ["case"] + [f"{c} ms" for c in CONTENDERS] + list(RATIOS) + [
+        "memory backendnn MiB", "memory torch MiB", "memory sklearn MiB"]
+    cells = []
+    for row in rows:
+        line = [row["case"]]
+        for c in CONTENDERS:
+            line.append(f"{row[c]:.3f}" if c in row else "-")
+        for col in RATIOS:
+            line.append(f"{row[col]:.2f}{_mark(col, row['case'], row[col])}" if col in row else "-")
+        for c in MEMORY_CONTENDERS:
+            key = "memory " + c
+            line.append(f"{row[key]:.1f}" if key in row else "-")
+        cells.append(line)
+    if markdown:
+        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(line) + " |" for line in cells]
+        return "\n".join(out)
+    widths = [max(len(r[i]) for r in [header] + cells) for i in range(len(header))]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in [header] + cells)
+
+
+def machine(threads: int) -> dict:
+    """What ran the benchmark: CPU, cores, library versions and the threads each worker saw."""
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = {}
+    for mod in ("numpy", "torch", "sklearn"):
+        try:
+            versions[mod] = subprocess.run(
+                [sys.executable, "-c", f"import {mod}; print({mod}.__version__)"],
+                capture_output=True, text=True, check=True).stdout.strip()
+        except subprocess.CalledProcessError:
+            versions[mod] = "not installed"
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "threads": threads, **versions}
+
+
+def write_markdown(path: str, rows, meta: dict, command: str) -> None:
+    lines = [
+        "# CPU training-step benchmark", "",
+        f"Command: `{command}`", "",
+        f"Machine: {meta['cpu']}, {meta['cores']} cores, {meta['platform']}; Python "
+        f"{meta['python']}, NumPy {meta['numpy']}, PyTorch {meta['torch']}, scikit-learn "
+        f"{meta['sklearn']}; {meta['threads']} threads per worker; {meta['rounds']} rounds.", "",
+        "Median step time in ms (forward, loss, backward, update); ratios of medians from "
+        "this run; peak memory increase in MiB.", "",
+        table(rows, markdown=True), "",
+    ]
+    for case in (r["case"] for r in rows):
+        lines.append(f"- `{case}`: {CASES[case]['what']}")
+    lines += ["", "Threads seen by each worker: " + "; ".join(
+        f"{c}/{n}: {t}" for c, ts in meta["threads_seen"].items() for n, t in ts.items()), ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+def write_png(path: str, rows) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.6), squeeze=False)
+    colors = {"backendnn": "tab:blue", "torch": "tab:orange", "sklearn": "tab:green",
+              "floor": "tab:gray"}
+    for ax, row in zip(axes[0], rows):
+        names = [c for c in CONTENDERS if c in row]
+        values = [row[c] for c in names]
+        bars = ax.bar(names, values, color=[colors[n] for n in names])
+        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.set_title(f"{row['case']}: {CASES[row['case']]['what'].split(',')[0]}", fontsize=9)
+        ax.set_ylabel("ms per training step (median)")
+        ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--cases", default="mlp,tiny,wide", help="comma-separated: mlp,tiny,wide")
+    p.add_argument("--contenders", default=",".join(CONTENDERS))
+    p.add_argument("--rounds", type=int, default=7, help="alternated blocks per contender")
+    p.add_argument("--threads", type=int, default=2, help="threads of every worker")
+    p.add_argument("--seconds", type=float, default=0.4, help="time per block")
+    p.add_argument("--pause", type=float, default=0.3,
+                   help="idle seconds before each block (BLAS threads stop spinning)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    p.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
+    p.add_argument("--png", metavar="PATH", help="also write a bar chart")
+    p.add_argument("--json", metavar="PATH", help="also write every step time as JSON")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--case", help=argparse.SUPPRESS)
+    p.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.worker:
+        if args.memory:
+            _memory_worker(args.worker, args.case, args.threads)
+        else:
+            _worker(args.worker, args.case, args.threads)
+        return
+
+    cases = [c for c in args.cases.split(",") if c]
+    contenders = [c for c in args.contenders.split(",") if c]
+    for c in cases:
+        if c not in CASES:
+            p.error(f"unknown case {c!r}; choose from {', '.join(CASES)}")
+    for c in contenders:
+        if c not in CONTENDERS:
+            p.error(f"unknown contender {c!r}; choose from {', '.join(CONTENDERS)}")
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    results, threads_seen = {}, {}
+    for case in cases:
+        log(f"{case}: {CASES[case]['what']}")
+        timed = time_case(case, contenders, args.rounds, args.threads, args.seconds,
+                          args.pause, log)
+        results[case] = {"time": timed}
+        threads_seen[case] = {n: r["threads"] for n, r in timed.items()}
+        if not args.no_memory:
+            results[case]["memory"] = {
+                n: measure_memory(case, n, args.threads) for n in contenders
+                if n in MEMORY_CONTENDERS}
+    rows = summarise(results)
+    print(table(rows))
+    command = "python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:])
+    meta = machine(args.threads) | {"rounds": args.rounds, "threads_seen": threads_seen}
+    if args.markdown:
+        write_markdown(args.markdown, rows, meta, command)
+    if args.png:
+        write_png(args.png, rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows, "results": results}, f)
+
+
+if __name__ == "__main__":
+    main()
