@@ -120,4 +120,15 @@ __all__ = [
     "CheckpointError",
     "accuracy",
     "gradcheck",
+    "parity",
 ]
+
+
+def __getattr__(name):
+    """`backendnn.parity` (the backend-parity battery) and `backendnn.testing` load on first use."""
+    if name in ("parity", "testing"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    msg = f"module 'backendnn' has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -97,6 +97,7 @@ class EarlyStopping(_Monitor):
             msg = f"EarlyStopping: `patience` must be a non-negative int, got {patience!r}"
             raise ValueError(msg)
         self.patience, self.restore_best_weights = patience, bool(restore_best_weights)
+        self.on_train_begin(None)
 
     def on_train_begin(self, trainer):
         self.best = self.best_epoch = self.stopped_epoch = None

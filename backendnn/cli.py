@@ -106,6 +106,12 @@ def _train(args) -> int:
     from .model import ACTIVATIONS, Sequential
     from .train import Trainer
 
+    checks = ((args.epochs >= 0, "--epochs must be >= 0"),
+              (args.batch_size >= 1, "--batch-size must be >= 1"),
+              (0 <= args.val_fraction < 1, "--val-fraction must be in [0, 1)"))
+    for ok, msg in checks:
+        if not ok:
+            raise SystemExit(f"backendnn train: {msg}")
     backend = backends.get_backend(args.backend)
     backends.seed(args.seed)
     try:
@@ -163,8 +169,8 @@ def _train(args) -> int:
         criterion = (CrossEntropy if task == "classify" else MeanSquaredError)(backend=backend)
     model = Sequential(layers, criterion, backend=backend)
     optimizer_cls = getattr(optim, _OPTIMIZERS[args.optimizer])
-    lr = args.lr if args.lr is not None else (0.1 if args.optimizer == "sgd" else 1e-3)
-    optimizer = optimizer_cls(model, lr=lr)
+    lr = args.lr if args.lr is not None else (0.1 if args.optimizer == "sgd" else None)
+    optimizer = optimizer_cls(model, **({} if lr is None else {"lr": lr}))
     metric = accuracy if task == "classify" else None
     trainer = Trainer(model, optimizer, train_dl, val_dl, metric=metric, progress=args.progress)
 
@@ -221,7 +227,7 @@ def _add_train(verbs) -> None:
     p.add_argument("--optimizer", default="sgd",
                    choices=[k for k, v in _OPTIMIZERS.items() if hasattr(optim, v)])
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.1 for "
-                   "sgd, 1e-3 otherwise)")
+                   "sgd, else the optimiser's torch default)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of the samples held out for validation")

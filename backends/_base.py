@@ -213,6 +213,27 @@ class Backend:
         """`grad` where the ReLU output `y` > 0, else 0; a new array.  Shape: y's."""
         return self.xp.where(y > 0, grad, 0.0)
 
+    def batch_sum(self, g):
+        """Sum over the batch axis (a bias gradient).  Shape: (batch, n) -> (n,)."""
+        return self.xp.sum(g, axis=0)
+
+    def softmax_cross_entropy(self, logits, labels):
+        """Fused log-softmax and negative log-likelihood, from logits shifted by their
+        row max (exact for logits far apart).
+
+        Shape: logits (batch, n_classes), labels (batch,) integers in [0, n_classes).
+        Returns (loss, grad): loss (batch,) = log(sum(exp(logits))) - logits[label];
+        grad (batch, n_classes) = softmax(logits) - one_hot(label), a new array.
+        """
+        xp = self.xp
+        shifted = logits - xp.max(logits, axis=1, keepdims=True)
+        e = xp.exp(shifted)
+        total = xp.sum(e, axis=1, keepdims=True)
+        classes = xp.arange(logits.shape[1], dtype=labels.dtype, device=self.device)
+        one_hot = xp.astype(labels[:, None] == classes, logits.dtype)
+        loss = xp.log(total[:, 0]) - xp.sum(shifted * one_hot, axis=1)
+        return loss, e / total - one_hot
+
     # --- information -------------------------------------------------------------
     def version(self) -> str:
         return getattr(self._module(), "__version__", "?")

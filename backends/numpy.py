@@ -48,6 +48,46 @@ class NumpyBackend(Backend):
         """grad * (y > 0): the fallback's values wherever grad is finite."""
         return np.multiply(grad, np.greater(y, 0))
 
+    # NumPy reduces along a short last axis element by element (max over rows of 10:
+    # 20 us for 256 rows, 2 us on the transposed copy); BLAS sums rows and columns
+    # 2-3x faster than np.sum. Fancy indexing replaces the one-hot products.
+    def batch_sum(self, g):
+        """ones @ g: one BLAS call instead of np.sum's reduction loop."""
+        if g.ndim != 2 or g.dtype.kind != "f":
+            return super().batch_sum(g)
+        return _ones(g.shape[0], g.dtype) @ g
+
+    def softmax_cross_entropy(self, logits, labels):
+        """The fallback's maths; labels out of range raise IndexError (or wrap around
+        if negative) instead of giving a zero one-hot row: check them first."""
+        if logits.ndim != 2 or logits.dtype.kind != "f" or labels.ndim != 1:
+            return super().softmax_cross_entropy(logits, labels)
+        n, c = logits.shape
+        top = np.ascontiguousarray(logits.T).max(axis=0) if n > c else logits.max(axis=1)
+        e = np.subtract(logits, top[:, None])
+        rows = np.arange(n)
+        loss = np.negative(e[rows, labels])
+        np.exp(e, out=e)
+        total = e @ _ones(c, e.dtype)
+        loss += np.log(total)
+        e /= total[:, None]
+        e[rows, labels] -= 1
+        return loss, e
+
+
+_ONES: dict = {}
+
+
+def _ones(n: int, dtype) -> np.ndarray:
+    """A read-only vector of n ones, kept per (n, dtype)."""
+    key = (n, dtype)
+    ones = _ONES.get(key)
+    if ones is None:
+        ones = np.ones(n, dtype=dtype)
+        ones.flags.writeable = False
+        _ONES[key] = ones
+    return ones
+
 
 def load():
     return NumpyBackend()

@@ -146,7 +146,8 @@ def test_early_stopping_restores_the_best_weights(backend):
 
 def test_monitoring_a_missing_value_lists_the_available_ones():
     trainer = make_trainer("numpy", [EarlyStopping("val_loss")], val=False)
-    with pytest.raises(ValueError, match=r"'val_loss' is not in the history row; available: \['epoch', 'loss'\].*validation loader"):
+    match = r"'val_loss' is not in the history row; available: \['epoch', 'loss'\].*validation loader"
+    with pytest.raises(ValueError, match=match):
         trainer.train(1, log_level=0)
 
 

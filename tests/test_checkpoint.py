@@ -194,6 +194,14 @@ def test_float64_model_stays_float64(tmp_path):
     assert isinstance(loaded.layers[1], Tanh)
 
 
+def test_linear_initialiser_name_is_kept(tmp_path):
+    model = Sequential([Linear(N_IN, 4, init="he_normal"), ReLU(), Linear(4, 2)], CrossEntropy())
+    save(model, tmp_path / "m.safetensors")
+    loaded = load(tmp_path / "m.safetensors")
+    assert loaded.layers[0].init == "he_normal" and loaded.layers[2].init == "default"
+    np.testing.assert_array_equal(loaded.layers[0].weights, model.layers[0].weights)
+
+
 def _layer_cases():
     cases = [("LeakyReLU", lambda b: backendnn.LeakyReLU(0.2, backend=b), 5)]
     optional = {
@@ -388,7 +396,8 @@ def test_restore_into_other_layers_lists_both(tmp_path):
     path = tmp_path / "m.safetensors"
     save(make_model("numpy"), path)
     other = Sequential([Linear(N_IN, 8), Tanh(), Linear(8, N_CLASSES)], CrossEntropy())
-    with pytest.raises(CheckpointError, match=r"\['Linear', 'ReLU', 'Linear'\].*\['Linear', 'Tanh', 'Linear'\]"):
+    match = r"\['Linear', 'ReLU', 'Linear'\].*\['Linear', 'Tanh', 'Linear'\]"
+    with pytest.raises(CheckpointError, match=match):
         restore(path, model=other)
 
 
@@ -401,7 +410,8 @@ def test_missing_tensor_is_named(tmp_path):
         return arrays
 
     _rewrite(path, tensors=drop)
-    with pytest.raises(CheckpointError, match=r"lacks the tensor 'layers\.0\.bias' \(Linear\.bias, shape \(8,\)\)"):
+    match = r"lacks the tensor 'layers\.0\.bias' \(Linear\.bias, shape \(8,\)\)"
+    with pytest.raises(CheckpointError, match=match):
         load(path)
 
 
@@ -418,7 +428,8 @@ def test_plain_safetensors_weights_load_into_a_model_built_by_hand(tmp_path):
     path = tmp_path / "foreign.safetensors"
     safetensors.numpy.save_file({f"layers.{i}.{n}": getattr(model.layers[i], n) + 1.0
                                  for i in (0, 2) for n in ("weights", "bias")}, str(path))
-    with pytest.raises(CheckpointError, match=r"no backendnn model description.*restore\(path, model=model\)"):
+    match = r"no backendnn model description.*restore\(path, model=model\)"
+    with pytest.raises(CheckpointError, match=match):
         load(path)
     fresh = make_model("numpy")
     restore(path, model=fresh)

@@ -66,7 +66,7 @@ class Linear(Layer):
         x = self._need(self.x)
         g = grad * (1.0 / x.shape[0])
         self.grad_w = x.T @ g
-        self.grad_b = self.xp.sum(g, axis=0)
+        self.grad_b = self.backend.batch_sum(g)
 
     def backward(self, grad):
         self._param_grads(grad)

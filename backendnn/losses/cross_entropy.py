@@ -9,11 +9,13 @@ class CrossEntropy(Loss):
     `torch.nn.functional.cross_entropy(logits, y)`.
 
     Log-softmax is computed as x - max - log(sum(exp(x - max))), exact for logits
-    far apart. Gradient: softmax(logits) - one_hot(y).
+    far apart, fused with the loss and its gradient in the backend's
+    `softmax_cross_entropy`. Gradient: softmax(logits) - one_hot(y).
 
     Args:
         check_labels: check that labels lie in [0, n_classes). It reads two numbers
-            back from the device each call; switch it off only for data already checked.
+            back from the device each call; switch it off only for data already checked
+            (labels out of range then give undefined losses, or IndexError on NumPy).
 
     Shape: y_hat (batch, n_classes) logits; y (batch,) integer labels. Returns (batch,).
     """
@@ -23,22 +25,12 @@ class CrossEntropy(Loss):
         self.check_labels = check_labels
 
     def forward(self, y_hat, y):
-        xp = self.xp
         y = self._labels(y_hat, y)
-        n_classes = y_hat.shape[1]
-        shifted = y_hat - xp.max(y_hat, axis=1, keepdims=True)
-        e = xp.exp(shifted)
-        total = xp.sum(e, axis=1, keepdims=True)
-        one_hot = xp.astype(
-            y[:, None] == xp.arange(n_classes, dtype=y.dtype, device=self.backend.device),
-            y_hat.dtype,
-        )
-        self.softmax, self.one_hot = e / total, one_hot
-        log_p = shifted - xp.log(total)
-        return -xp.sum(log_p * one_hot, axis=1)
+        loss, self.grad = self.backend.softmax_cross_entropy(y_hat, y)
+        return loss
 
     def backward(self):
-        return self._need(self.softmax) - self.one_hot
+        return self._need(self.grad)
 
     def _labels(self, y_hat, y):
         xp = self.xp
@@ -71,4 +63,4 @@ class CrossEntropy(Loss):
         return y
 
     def _clear(self):
-        self.softmax = self.one_hot = None
+        self.grad = None

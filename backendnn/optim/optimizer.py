@@ -14,7 +14,8 @@ class Optimizer:
             (model, layer or Params) and per-group options overriding the defaults,
             as torch.optim's param groups:
             `Adam([{"params": body}, {"params": head, "lr": 1e-2}], lr=1e-3)`.
-        defaults: each option's value for groups that do not set it (lr included).
+        defaults: each option's value for groups that do not set it (lr included);
+            a number is taken as {"lr": number}.
 
     Attributes:
         param_groups: list of dicts, the options of each group and its "params"
@@ -25,13 +26,14 @@ class Optimizer:
 
     Subclasses check their options in `_check_group(group, owner)` and write
     `_update(p, g, state, group, backend)`, which returns the parameter's new value
-    (p itself, updated in place, where `backend.inplace`). Hyperparameters and step counts
-    stay Python numbers on the host: a step never reads a value back from the device.
+    (p itself, updated in place, where `backend.inplace`). Hyperparameters and step
+    counts stay Python numbers on the host: a step never reads a value back from the
+    device.
     """
 
-    def __init__(self, params, defaults: dict):
+    def __init__(self, params, defaults: dict | float):
         self.model = params
-        self.defaults = dict(defaults)
+        self.defaults = dict(defaults) if isinstance(defaults, dict) else {"lr": defaults}
         self.param_groups = []
         seen = set()
         specs = self._group_specs(params)

@@ -23,7 +23,7 @@ Cases: `backendnn.parity.cases` (LAYER_CASES, LOSS_CASES, OPTIMIZER_CASES).
 from __future__ import annotations
 
 from ..backends import _base
-from .cases import BATTERY, Context
+from .battery import BATTERY, Context
 from .report import CaseResult, Report
 from .tolerances import TOLERANCES, Tolerance
 
@@ -53,7 +53,8 @@ def run(backend, *, components=None, seed: int = 0, epochs: int = 3) -> Report:
         raise ValueError(msg)
     ctx = Context(backend, seed=seed, epochs=epochs)
     b = ctx.backend
-    report = Report(b.name, f"{b.name} {b.version()} on {b.device}")
+    version = b.version()
+    report = Report(b.name, f"{b.name}{'' if version == '?' else ' ' + version} on {b.device}")
     saved = dict(_base._HOST)
     try:
         for name in chosen:
