@@ -235,8 +235,8 @@ def _add_train(verbs) -> None:
                    help="do not standardise the features")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, weights and batches")
     p.add_argument("--log-every", type=int, default=1, help="print a line every N epochs (0: none)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                   help="show the progress bar of each epoch")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show the progress bar of each epoch (default: when stderr is a terminal)")
     p.add_argument("--save", help="write the trained model (a resumable checkpoint) here")
     p.add_argument("--plot", help="write the loss and metric curves to this PNG")
     p.set_defaults(func=_train)

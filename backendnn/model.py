@@ -189,22 +189,30 @@ class MLP(Sequential):
         activation: a name ("sigmoid", "relu", "tanh", "leaky_relu", "softmax"), a
             Layer class, or an instance (copied to each position).
         loss: a name ("mse", "bce", "cross_entropy"), a Loss class or instance.
+        output_activation: after the last Linear: "same" (the seed's choice: the
+            hidden activation), None (raw outputs, e.g. logits for "cross_entropy"),
+            or another activation spec.
 
     Example:
         >>> MLP([64, 30, 10], "sigmoid", "mse")   # Nielsen's digits network
+        >>> MLP([64, 64, 10], "relu", "cross_entropy", output_activation=None)
     """
 
-    def __init__(self, sizes, activation="sigmoid", loss="mse", *, backend=None,
-                 dtype: str = "float32"):
+    def __init__(self, sizes, activation="sigmoid", loss="mse", *, output_activation="same",
+                 backend=None, dtype: str = "float32"):
         sizes = list(sizes)
         if len(sizes) < 2 or not all(isinstance(n, int) and n > 0 for n in sizes):
             msg = f"MLP: `sizes` must list at least two positive ints, got {sizes!r}"
             raise ValueError(msg)
         backend = get_backend(backend)
         layers = []
-        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        last = activation if isinstance(output_activation, str) and output_activation == "same" \
+            else output_activation
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(Linear(n_in, n_out, backend=backend, dtype=dtype))
-            layers.append(self._activation(activation, backend))
+            spec = activation if i < len(sizes) - 2 else last
+            if spec is not None:
+                layers.append(self._activation(spec, backend))
         super().__init__(layers, _make(loss, LOSSES, "loss", Loss, backend), backend=backend)
         self.sizes = sizes
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from . import backends, parity
 
-__all__ = ["check_backend", "backendnn_parity"]
+__all__ = ["check_backend"]
 
 
 def check_backend(name, *, components=None, seed: int = 0, epochs: int = 3) -> parity.Report:
@@ -49,6 +49,7 @@ except ImportError:  # the plain helper works without pytest
     pytest = None
 
 if pytest is not None:
+    __all__ += ["backendnn_parity"]
 
     @pytest.fixture
     def backendnn_parity():

@@ -125,10 +125,11 @@ def test_python_m_backendnn_train_digits_prints_progress_and_saves(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != backends.ENV_VAR}
     result = subprocess.run(
         [sys.executable, "-m", "backendnn", "train", "--data", "digits", "--layers", "64,16,10",
-         "--epochs", "2", "--backend", "numpy", "--batch-size", "64", "--save", str(save)],
+         "--epochs", "2", "--backend", "numpy", "--batch-size", "64", "--save", str(save),
+         "--progress"],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "epoch 0" in result.stderr, "the progress bar goes to stderr"
+    assert "epoch 0" in result.stderr, "--progress shows the bar on stderr, even when piped"
     assert "1797 samples" in result.stdout and "final: " in result.stdout
     assert f"saved: {save}" in result.stdout
     assert load(save).layers[0].weights.shape == (64, 16)

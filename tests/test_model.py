@@ -261,3 +261,12 @@ def test_model_follows_use_backend(backend):
         model = MLP([3, 2])
     assert model.backend is backend
     assert backend.owns(model.layers[0].weights)
+
+
+@pytest.mark.parametrize("output_activation, last", [("same", "ReLU"), (None, "Linear"),
+                                                     ("sigmoid", "Sigmoid")])
+def test_mlp_output_activation(backend, output_activation, last):
+    model = MLP([4, 6, 3], "relu", "cross_entropy", output_activation=output_activation,
+                backend=backend)
+    assert type(model.layers[-1]).__name__ == last
+    assert [type(layer).__name__ for layer in model.layers[:2]] == ["Linear", "ReLU"]

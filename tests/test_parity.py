@@ -26,7 +26,8 @@ class WrappedNumpy(backends.Backend):
     library = "numpy"
 
     def _load(self):
-        return types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np) if not k.startswith("_")})
+        public = {k: getattr(np, k) for k in dir(np) if not k.startswith("_")}
+        return types.SimpleNamespace(**public)
 
     def owns(self, x):
         return isinstance(x, np.ndarray)

@@ -1,9 +1,9 @@
 """The backend-parity battery: same seed, same numbers, on every backend.
 
-    >>> from backendnn import parity
-    >>> report = parity.run("torch")
-    >>> report.passed, len(report.failures)
-    >>> print(report)                       # the table `python -m backendnn parity` prints
+    from backendnn import parity
+    report = parity.run("torch")
+    report.passed, report.failures     # False if any case failed; the failed CaseResults
+    print(report)                      # the table `python -m backendnn parity` prints
 
 NumPy in float64 is the reference. Components (`COMPONENTS`, in order):
   layers      forward and backward of every layer, random shapes (batch 1, odd
@@ -18,7 +18,9 @@ NumPy in float64 is the reference. Components (`COMPONENTS`, in order):
   overhead    a training step's time against the same step written directly in
               the backend's namespace (informational, never fails).
 Tolerances: `backendnn.parity.tolerances.TOLERANCES`, each with its reason.
-Cases: `backendnn.parity.cases` (LAYER_CASES, LOSS_CASES, OPTIMIZER_CASES).
+What is covered: `backendnn.parity.cases` (LAYER_CASES, LOSS_CASES, OPTIMIZER_CASES);
+how each component runs: `backendnn.parity.battery`. Backend authors:
+`backendnn.testing.check_backend`.
 """
 from __future__ import annotations
 

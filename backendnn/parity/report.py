@@ -15,7 +15,9 @@ class CaseResult:
     over max |reference| (normwise); tol: the relative tolerance it was held to.
     The three are None where a case compares no numbers (skipped, informational).
     status: "pass", "FAIL", "skip" (cannot run here, with the reason in `note`) or
-    "info" (reported, never fails: timings). seconds: wall time of the case.
+    "info" (reported, never fails: timings). seconds: wall time of the case, reference
+    and comparison included; a backward row computed with its forward shows 0, the
+    forward row holding the time of both.
     """
 
     component: str
