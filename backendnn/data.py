@@ -15,6 +15,10 @@ class Dataset:
     Shape: X (n, ...), y (n,) or (n, k). Integer targets (class labels) stay
     integer; float targets take the model's dtype.
     Checked once, here: equal lengths and finite features.
+
+    Attributes: label_range, (smallest, largest) integer target, read here from the
+    host data (None for float targets or no samples): the Trainer checks it against
+    the model's outputs instead of reading every batch's labels back from the device.
     """
 
     def __init__(self, X, y):
@@ -35,7 +39,11 @@ class Dataset:
         elif not xp.isdtype(X.dtype, ("integral", "bool")):
             msg = f"Dataset: X must be numeric, got dtype {X.dtype}"
             raise TypeError(msg)
-        self._y_integer = array_namespace(y).isdtype(y.dtype, "integral")
+        yp = array_namespace(y)
+        self._y_integer = yp.isdtype(y.dtype, "integral")
+        self.label_range = None
+        if self._y_integer and y.shape[0]:
+            self.label_range = (int(yp.min(y)), int(yp.max(y)))
         self.X, self.y = X, y
         self._cache: dict = {}
 

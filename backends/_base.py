@@ -97,13 +97,15 @@ class Backend:
     library and returns its Array API namespace, or raises BackendUnavailableError.
 
     Attributes: name, xp (Array API namespace), device, inplace (whether arrays may
-    be written in place: optimisers then update parameters without reallocating).
+    be written in place: optimisers then update parameters without reallocating),
+    can_capture (whether `capture_step` records a step for replay, as CUDA graphs).
     """
 
     name = "base"
     library = ""
     extra = ""
     inplace = True
+    can_capture = False
 
     def __init__(self):
         self.xp = self._load()
@@ -217,6 +219,14 @@ class Backend:
         """Sum over the batch axis (a bias gradient).  Shape: (batch, n) -> (n,)."""
         return self.xp.sum(g, axis=0)
 
+    def sub_scaled(self, p, g, alpha: float):
+        """p - alpha * g (an SGD update): written into p and p returned where the
+        backend writes in place, else a new array.  Shapes: p and g alike."""
+        if self.inplace:
+            p -= alpha * g
+            return p
+        return p - alpha * g
+
     def softmax_cross_entropy(self, logits, labels):
         """Fused log-softmax and negative log-likelihood, from logits shifted by their
         row max (exact for logits far apart).
@@ -233,6 +243,24 @@ class Backend:
         one_hot = xp.astype(labels[:, None] == classes, logits.dtype)
         loss = xp.log(total[:, 0]) - xp.sum(shifted * one_hot, axis=1)
         return loss, e / total - one_hot
+
+    def matmul(self, a, b):
+        """a @ b, the products of `Linear`; a backend may route them (CuPy does while
+        capturing a step).  Shape: (n, k), (k, m) -> (n, m)."""
+        return a @ b
+
+    # --- graph capture -------------------------------------------------------------
+    def capture_step(self, fn):
+        """`fn` (no arguments) recorded once, returned as a callable that replays it.
+
+        Where `can_capture` (CuPy: a CUDA graph), replays run the recorded device work
+        without running Python: `fn` must read its inputs from arrays it keeps (static
+        buffers the caller refills before each replay), update state in place, draw no
+        random numbers and read nothing back to the host; what it returned at capture
+        holds each replay's values. Capturing does not run the step: the first replay
+        does. Portable fallback: `fn` itself, uncaptured.
+        """
+        return fn
 
     # --- information -------------------------------------------------------------
     def version(self) -> str:

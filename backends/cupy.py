@@ -1,4 +1,12 @@
-"""CuPy backend: CUDA GPUs. Needs a usable CUDA device, not only the package."""
+"""CuPy backend: CUDA GPUs. Needs a usable CUDA device, not only the package.
+
+A training step can be captured as one CUDA graph (`capture_step`): small networks
+are launch-bound, and a replay launches the whole step at once.
+"""
+import contextlib
+import ctypes
+import os
+
 from ._base import Backend, BackendNotInstalledError, CUDADeviceError
 
 
@@ -6,6 +14,9 @@ class CupyBackend(Backend):
     name = "cupy"
     library = "cupy"
     extra = "cuda12"
+    can_capture = True
+    _capturing = 0  # > 0 while a step is being captured
+    _gemm = None  # the _DirectGemm, made on the first capture
 
     def _load(self):
         try:
@@ -65,12 +76,188 @@ class CupyBackend(Backend):
         """`random < p_keep` from a cupy.random Generator on the GPU, seeded with
         the `backendnn.seed` value."""
         cupy = self._cupy
+        if self._capturing:
+            msg = (
+                "backend 'cupy': the captured step draws random numbers (Dropout); a CUDA "
+                "graph would replay the same mask every step: train with capture=False"
+            )
+            raise RuntimeError(msg)
         gen = self._device_generator(cupy.random.default_rng)
         u = gen.random(tuple(shape), dtype=cupy.float32)
         return (u < p_keep).astype(self.dtype(dtype))
 
     def synchronize(self):
         self._cupy.cuda.get_current_stream().synchronize()
+
+    def matmul(self, a, b):
+        """a @ b; while a step is being captured, cuBLAS is called directly with
+        CuPy's arguments (same kernel, same bits), as CuPy refuses cuBLAS calls on a
+        capturing stream (cupy/cupy#6290)."""
+        if self._capturing:
+            return self._gemm(a, b)
+        return a @ b
+
+    def capture_step(self, fn):
+        """`fn` captured as a CUDA graph; calling the result launches the graph on the
+        current stream and returns what `fn` returned at capture (see Backend).
+
+        The capture runs on a private stream and memory pool: what `fn` allocates
+        (its temporaries included) keeps the addresses the graph was recorded with,
+        and no other array is ever given that memory while the graph lives.
+        """
+        return _CudaGraphStep(self, fn)
+
+
+class _CudaGraphStep:
+    """A function recorded once as a CUDA graph, replayed by calling this object."""
+
+    def __init__(self, backend, fn):
+        cupy = backend._cupy
+        if backend._gemm is None:
+            backend._gemm = _DirectGemm(cupy)
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+        self.pool = cupy.cuda.MemoryPool()
+        backend._gemm.prepare(self.stream)
+        backend._capturing += 1
+        try:
+            with self.stream, cupy.cuda.using_allocator(self.pool.malloc):
+                self.stream.begin_capture()
+                try:
+                    self.result = fn()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        self.stream.end_capture()
+                    raise
+                self.graph = self.stream.end_capture()
+        finally:
+            backend._capturing -= 1
+        self._current_stream = cupy.cuda.get_current_stream
+
+    def __call__(self):
+        self.graph.launch(self._current_stream())
+        return self.result
+
+
+class _DirectGemm:
+    """cuBLAS's GemmEx through ctypes on a handle of its own, for use inside a stream
+    capture, with the arguments CuPy's `tensordot_core` passes for a 2-d product
+    (operand order, transposes, leading dimensions, compute type, algorithm), so
+    the result is the one `a @ b` gives. Other products (integer, 1 x 1 output,
+    empty, not 2-d, mixed dtypes) go to `a @ b`.
+    """
+
+    _TYPES = {"float16": ("CUDA_R_16F", 2), "float32": ("CUDA_R_32F", 0),
+              "float64": ("CUDA_R_64F", 1)}
+
+    def __init__(self, cupy):
+        from cupy_backends.cuda.libs import cublas
+
+        self.cupy, self.cublas = cupy, cublas
+        probe = cupy.ones((2, 2), dtype=cupy.float32)
+        (probe @ probe).sum()  # loads libcublas into the process
+        lib = ctypes.CDLL(_loaded_library("libcublas.so"))
+        i, p = ctypes.c_int, ctypes.c_void_p
+        self._call = _function(lib, "cublasGemmEx", [p, i, i, i, i, i, p, p, i, i, p, i, i, p, p, i, i, i, i])
+        self._set_stream = _function(lib, "cublasSetStream_v2", [p, p])
+        handle = ctypes.c_void_p()
+        _check(_function(lib, "cublasCreate_v2", [ctypes.POINTER(p)])(ctypes.byref(handle)),
+               "cublasCreate")
+        self.handle = handle.value  # kept for the process: graphs use its workspace
+        self._scalars = {"f": (ctypes.c_float(1.0), ctypes.c_float(0.0)),
+                         "d": (ctypes.c_double(1.0), ctypes.c_double(0.0))}
+        self._cc = int(cupy.cuda.Device().compute_capability)
+
+    def prepare(self, stream):
+        """Point the handle at `stream` and run one product there, outside capture."""
+        _check(self._set_stream(self.handle, stream.ptr), "cublasSetStream")
+        with stream:
+            a = self.cupy.ones((8, 8), dtype=self.cupy.float32)
+            self(a, a)
+        stream.synchronize()
+
+    def _compute(self, dtype):
+        """(cuBLAS compute type, scalar kind) CuPy would use for `dtype`."""
+        cublas = self.cublas
+        mode = "COMPUTE_TYPE_DEFAULT"
+        with contextlib.suppress(Exception):
+            from cupy._core import _routines_linalg as rl
+
+            mode = rl.compute_type_to_str(rl.get_compute_type(dtype))
+        if dtype.char == "d":
+            name = "CUBLAS_COMPUTE_64F_PEDANTIC" if mode == "COMPUTE_TYPE_PEDANTIC" else "CUBLAS_COMPUTE_64F"
+            return getattr(cublas, name, 71 if "PEDANTIC" in name else 70), "d"
+        if mode == "COMPUTE_TYPE_PEDANTIC":
+            return getattr(cublas, "CUBLAS_COMPUTE_32F_PEDANTIC", 69), "f"
+        if mode == "COMPUTE_TYPE_TF32" and dtype.char == "f":
+            return getattr(cublas, "CUBLAS_COMPUTE_32F_FAST_TF32", 77), "f"
+        return getattr(cublas, "CUBLAS_COMPUTE_32F", 68), "f"
+
+    def __call__(self, a, b):
+        cupy = self.cupy
+        dtype = a.dtype
+        n, k = a.shape if a.ndim == 2 else (0, 0)
+        m = b.shape[1] if b.ndim == 2 else 0
+        if (a.ndim != 2 or b.ndim != 2 or b.dtype != dtype or dtype.name not in self._TYPES
+                or b.shape[0] != k or n * m * k == 0 or (n == 1 and m == 1)):
+            return a @ b
+        size = dtype.itemsize
+        # CuPy's dot: A^T (k, n) and B (k, m) made cuBLAS-contiguous, C^T = B^T A computed
+        if a.flags.c_contiguous:
+            trans_a, lda = 0, max(a.strides[0] // size, k)
+        elif a.flags.f_contiguous:
+            trans_a, lda = 1, a.strides[1] // size
+        else:
+            a = cupy.asfortranarray(a)
+            trans_a, lda = 1, a.strides[1] // size
+        if b.flags.f_contiguous:
+            trans_b, ldb = 1, max(b.strides[1] // size, k)
+        elif b.flags.c_contiguous:
+            trans_b, ldb = 0, b.strides[0] // size
+        else:
+            b = cupy.ascontiguousarray(b)
+            trans_b, ldb = 0, b.strides[0] // size
+        c = cupy.empty((n, m), dtype=dtype)
+        type_name, type_value = self._TYPES[dtype.name]
+        cuda_type = getattr(cupy.cuda.runtime, type_name, type_value)
+        compute, kind = self._compute(dtype)
+        one, zero = self._scalars[kind]
+        tensor_op = self._cc >= 80 or (self._cc >= 70 and dtype.char == "e")
+        algo = (getattr(self.cublas, "CUBLAS_GEMM_DEFAULT_TENSOR_OP", 99) if tensor_op
+                else getattr(self.cublas, "CUBLAS_GEMM_DEFAULT", -1))
+        status = self._call(
+            self.handle, trans_b, trans_a, m, n, k, ctypes.addressof(one),
+            b.data.ptr, cuda_type, ldb, a.data.ptr, cuda_type, lda,
+            ctypes.addressof(zero), c.data.ptr, cuda_type, m, compute, algo)
+        _check(status, f"cublasGemmEx of ({n}, {k}) @ ({k}, {m}) {dtype}")
+        return c
+
+
+def _function(lib, name: str, argtypes):
+    """`lib.name` with its C signature: int status, `argtypes`."""
+    f = getattr(lib, name)
+    f.restype, f.argtypes = ctypes.c_int, argtypes
+    return f
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        msg = f"backend 'cupy': {what} failed with cuBLAS status {status}"
+        raise RuntimeError(msg)
+
+
+def _loaded_library(prefix: str) -> str:
+    """The path of the loaded shared library whose file name starts with `prefix`."""
+    with contextlib.suppress(OSError), open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1]
+            if os.path.basename(path).startswith(prefix):
+                return path
+    for version in ("13", "12", "11"):
+        with contextlib.suppress(OSError):
+            ctypes.CDLL(f"{prefix}.{version}")
+            return f"{prefix}.{version}"
+    msg = f"backend 'cupy': cannot find {prefix} to capture matrix products in a CUDA graph"
+    raise RuntimeError(msg)
 
 
 def load():

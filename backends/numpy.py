@@ -37,12 +37,13 @@ class NumpyBackend(Backend):
 
     # np.where with a data-dependent mask branches per element: about 4 ns each, 40x
     # a multiply. clip with both bounds has a SIMD loop (one bound, or maximum with a
-    # scalar, does not: 3.5x slower); a bool mask times grad is one branch-free pass.
+    # scalar, does not: 3.5x slower; the method skips np.clip's Python wrapper); a
+    # bool mask times grad is one branch-free pass.
     def relu(self, x):
-        """clip(x, 0, inf): the fallback's values (NaN kept), 40x faster than np.where."""
+        """x.clip(0, inf): the fallback's values (NaN kept), 40x faster than np.where."""
         if x.dtype.kind != "f":
             return super().relu(x)
-        return np.clip(x, 0, np.inf)
+        return x.clip(0, np.inf)
 
     def backprop_relu(self, grad, y):
         """grad * (y > 0): the fallback's values wherever grad is finite."""
@@ -57,6 +58,22 @@ class NumpyBackend(Backend):
             return super().batch_sum(g)
         return _ones(g.shape[0], g.dtype) @ g
 
+    def sub_scaled(self, p, g, alpha):
+        """In place, in chunks of _CHUNK elements: the temporary alpha * g stays at
+        512 KiB instead of the size of p (16 MiB for a 2048x2048 float32 weight, the
+        step's memory peak), at the same speed on an L2-sized weight."""
+        n = p.size
+        if (n <= _CHUNK or p.dtype != g.dtype or p.shape != g.shape
+                or not (p.flags.c_contiguous and g.flags.c_contiguous)):
+            return super().sub_scaled(p, g, alpha)
+        pf, gf = p.reshape(-1), g.reshape(-1)
+        scratch = np.empty(_CHUNK, dtype=p.dtype)
+        for i in range(0, n, _CHUNK):
+            j = min(i + _CHUNK, n)
+            step = np.multiply(gf[i:j], alpha, out=scratch[: j - i])
+            np.subtract(pf[i:j], step, out=pf[i:j])
+        return p
+
     def softmax_cross_entropy(self, logits, labels):
         """The fallback's maths; labels out of range raise IndexError (or wrap around
         if negative) instead of giving a zero one-hot row: check them first."""
@@ -65,17 +82,20 @@ class NumpyBackend(Backend):
         n, c = logits.shape
         top = np.ascontiguousarray(logits.T).max(axis=0) if n > c else logits.max(axis=1)
         e = np.subtract(logits, top[:, None])
-        rows = np.arange(n)
-        loss = np.negative(e[rows, labels])
+        rows = _arange(n)
+        picked = e[rows, labels]
         np.exp(e, out=e)
         total = e @ _ones(c, e.dtype)
-        loss += np.log(total)
+        loss = np.log(total)
+        loss -= picked
         e /= total[:, None]
         e[rows, labels] -= 1
         return loss, e
 
 
-_ONES: dict = {}
+_CHUNK = 1 << 17  # elements per chunk of sub_scaled
+_ONES: dict = {}  # (n, dtype) -> ones(n)
+_ROWS: dict = {}  # n -> arange(n)
 
 
 def _ones(n: int, dtype) -> np.ndarray:
@@ -87,6 +107,16 @@ def _ones(n: int, dtype) -> np.ndarray:
         ones.flags.writeable = False
         _ONES[key] = ones
     return ones
+
+
+def _arange(n: int) -> np.ndarray:
+    """A read-only arange(n) (row indices), kept per n."""
+    rows = _ROWS.get(n)
+    if rows is None:
+        rows = np.arange(n)
+        rows.flags.writeable = False
+        _ROWS[n] = rows
+    return rows
 
 
 def load():

@@ -30,6 +30,7 @@ mark cannot be reset it falls back to the ru_maxrss increase.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -46,8 +47,10 @@ CASES = {
     "wide": {"sizes": [2048, 2048, 2048, 10], "batch": 512,
              "what": "2048-2048-2048-10, ReLU, cross-entropy, batch 512"},
 }
-CONTENDERS = ("backendnn", "torch", "sklearn", "floor")
+CONTENDERS = ("backendnn", "torch", "sklearn", "floor", "baseline")
+BASELINE_VAR = "BACKENDNN_BENCH_BASELINE"  # the checkout `--baseline` names
 MEMORY_CONTENDERS = ("backendnn", "torch", "sklearn")
+MIN_MIB = 1.0  # below this, RSS growth mostly says how much free memory the allocator held
 LR = 0.01
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -78,8 +81,9 @@ def _data(case: str):
     return x, y
 
 
-def _make_backendnn(sizes, x, y):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def _backendnn_model(sizes, root=None):
+    """backendnn from `root` (default: this file's checkout), not another installed copy."""
+    root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, root)
     import backendnn as bn
 
@@ -88,7 +92,11 @@ def _make_backendnn(sizes, x, y):
     for n_inp, n_out in zip(sizes[:-1], sizes[1:]):
         layers += [bn.Linear(n_inp, n_out, backend="numpy"), bn.ReLU(backend="numpy")]
     model = bn.Sequential(layers[:-1], bn.CrossEntropy(backend="numpy"))
-    opt = bn.SGD(model, lr=LR)
+    return model, bn.SGD(model, lr=LR)
+
+
+def _make_backendnn(sizes, x, y, root=None):
+    model, opt = _backendnn_model(sizes, root)
     criterion = model.criterion
 
     def step():
@@ -177,6 +185,8 @@ def _make(name: str, case: str, threads: int, small: bool = False):
         x, y = _data(case)
     if name == "backendnn":
         return _make_backendnn(sizes, x, y)
+    if name == "baseline":
+        return _make_backendnn(sizes, x, y, os.environ[BASELINE_VAR])
     if name == "torch":
         return _make_torch(sizes, x, y, threads)
     if name == "sklearn":
@@ -230,21 +240,62 @@ def _memory_worker(name: str, case: str, threads: int, steps: int = 5) -> None:
     import resource
 
     _make(name, case, threads, small=True)()
-    _data(case)
     gc.collect()
-    rss0 = _status_kib("VmRSS")
+    unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, else KiB
     try:
+        base = _status_kib("VmRSS") * 1024
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        method, base = "VmHWM", rss0
+        method = "VmHWM"
     except OSError:
-        method, base = "ru_maxrss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        method, base = "ru_maxrss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
     step = _make(name, case, threads)
     for _ in range(steps):
         step()
-    peak = (_status_kib("VmHWM") if method == "VmHWM"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    _send({"bytes": (peak - base) * 1024, "method": method})
+    peak = (_status_kib("VmHWM") * 1024 if method == "VmHWM"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit)
+    _send({"bytes": peak - base, "method": method})
+
+
+def _profile_worker(case: str, steps: int) -> None:
+    """Where backendnn's step goes: the median time of each call inside the step
+    (every layer's forward and backward, the loss, the optimiser), in microseconds."""
+    model, opt = _backendnn_model(CASES[case]["sizes"])
+    x, y = _data(case)
+    clock, times = time.perf_counter, {}
+
+    def timed(obj, method, label):
+        inner = getattr(obj, method)
+
+        def call(*args):
+            t0 = clock()
+            out = inner(*args)
+            times.setdefault(label, []).append(clock() - t0)
+            return out
+
+        setattr(obj, method, call)
+
+    for i, layer in enumerate(model.layers):
+        for method in ("forward", "backward", "backward_params"):
+            if hasattr(layer, method):
+                timed(layer, method, f"{i} {type(layer).__name__}.{method}")
+    timed(model.criterion, "forward", "loss forward")
+    timed(model.criterion, "backward", "loss backward")
+    timed(opt, "step", "optimizer step")
+    whole = []
+    for k in range(steps + 10):
+        t0 = clock()
+        model.criterion(model(x), y)
+        model.backward()
+        opt.step()
+        whole.append(clock() - t0)
+        if k == 9:
+            times.clear()
+            whole.clear()
+    rows = {label: statistics.median(t) * 1e6 for label, t in times.items()}
+    rows["sum of the above"] = sum(rows.values())
+    rows["whole step (timed calls included)"] = statistics.median(whole) * 1e6
+    _send(rows)
 
 
 def _status_kib(key: str) -> int:
@@ -329,7 +380,7 @@ def measure_memory(case: str, name: str, threads: int) -> dict:
 
 
 def summarise(results: dict) -> list[dict]:
-    """One row per case: medians (ms), the spread of round medians, ratios, memory (MiB)."""
+    """One row per case: medians (ms) with the steps' interquartile range, ratios, memory (MiB)."""
     rows = []
     for case, res in results.items():
         row = {"case": case}
@@ -349,16 +400,19 @@ def summarise(results: dict) -> list[dict]:
                 row["backendnn/floor"] = b / row["floor"]
             if "sklearn" in row:
                 row["sklearn/backendnn"] = row["sklearn"] / b
-            if "memory backendnn" in row and "memory torch" in row:
-                row["memory backendnn/torch"] = row["memory backendnn"] / max(row["memory torch"], 1e-9)
-        if "torch" in row and "floor" in row:
-            row["torch/floor"] = row["torch"] / row["floor"]
+            if "baseline" in row:
+                row["backendnn/baseline"] = b / row["baseline"]
+            if min(row.get("memory backendnn", 0), row.get("memory torch", 0)) >= MIN_MIB:
+                row["memory backendnn/torch"] = row["memory backendnn"] / row["memory torch"]
+        for name in ("torch", "sklearn"):
+            if name in row and "floor" in row:
+                row[name + "/floor"] = row[name] / row["floor"]
         rows.append(row)
     return rows
 
 
 RATIOS = ("backendnn/torch", "backendnn/floor", "torch/floor", "sklearn/backendnn",
-          "memory backendnn/torch")
+          "sklearn/floor", "backendnn/baseline", "memory backendnn/torch")
 
 
 def _mark(col: str, case: str, value: float) -> str:
@@ -385,6 +439,9 @@ def table(rows: list[dict], markdown: bool = False) -> str:
             key = "memory " + c
             line.append(f"{row[key]:.1f}" if key in row else "-")
         cells.append(line)
+    keep = [i for i in range(len(header)) if i == 0 or any(line[i] != "-" for line in cells)]
+    header = [header[i] for i in keep]
+    cells = [[line[i] for i in keep] for line in cells]
     if markdown:
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(line) + " |" for line in cells]
@@ -409,17 +466,29 @@ def machine(threads: int) -> dict:
                 capture_output=True, text=True, check=True).stdout.strip()
         except subprocess.CalledProcessError:
             versions[mod] = "not installed"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "threads": threads, **versions}
+            "platform": platform.platform(), "threads": threads, "commit": commit,
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"), **versions}
+
+
+RESULTS_BEGIN, RESULTS_END = "<!-- results: written by benchmarks/cpu.py -->", "<!-- /results -->"
 
 
 def write_markdown(path: str, rows, meta: dict, command: str) -> None:
+    """The results as Markdown. If `path` exists and holds the RESULTS_BEGIN/END
+    markers, only the text between them is replaced (the prose around stays)."""
     lines = [
-        "# CPU training-step benchmark", "",
         f"Command: `{command}`", "",
         f"Machine: {meta['cpu']}, {meta['cores']} cores, {meta['platform']}; Python "
         f"{meta['python']}, NumPy {meta['numpy']}, PyTorch {meta['torch']}, scikit-learn "
-        f"{meta['sklearn']}; {meta['threads']} threads per worker; {meta['rounds']} rounds.", "",
+        f"{meta['sklearn']}; {meta['threads']} threads per worker; {meta['rounds']} rounds; "
+        f"backendnn at {meta['commit']}, run {meta['date']}.", "",
         "Median step time in ms (forward, loss, backward, update); ratios of medians from "
         "this run; peak memory increase in MiB.", "",
         table(rows, markdown=True), "",
@@ -427,9 +496,20 @@ def write_markdown(path: str, rows, meta: dict, command: str) -> None:
     for case in (r["case"] for r in rows):
         lines.append(f"- `{case}`: {CASES[case]['what']}")
     lines += ["", "Threads seen by each worker: " + "; ".join(
-        f"{c}/{n}: {t}" for c, ts in meta["threads_seen"].items() for n, t in ts.items()), ""]
+        f"{c}/{n}: {t}" for c, ts in meta["threads_seen"].items() for n, t in ts.items())]
+    block = "\n".join([RESULTS_BEGIN, *lines, RESULTS_END])
+    try:
+        with open(path) as f:
+            old = f.read()
+    except FileNotFoundError:
+        old = ""
+    start, end = old.find(RESULTS_BEGIN), old.find(RESULTS_END)
+    if 0 <= start < end:
+        text = old[:start] + block + old[end + len(RESULTS_END):]
+    else:
+        text = "# CPU training-step benchmark\n\n" + block + "\n"
     with open(path, "w") as f:
-        f.write("\n".join(lines))
+        f.write(text)
 
 
 def write_png(path: str, rows) -> None:
@@ -440,7 +520,7 @@ def write_png(path: str, rows) -> None:
 
     fig, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 3.6), squeeze=False)
     colors = {"backendnn": "tab:blue", "torch": "tab:orange", "sklearn": "tab:green",
-              "floor": "tab:gray"}
+              "floor": "tab:gray", "baseline": "tab:purple"}
     for ax, row in zip(axes[0], rows):
         names = [c for c in CONTENDERS if c in row]
         values = [row[c] for c in names]
@@ -457,7 +537,11 @@ def write_png(path: str, rows) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--cases", default="mlp,tiny,wide", help="comma-separated: mlp,tiny,wide")
-    p.add_argument("--contenders", default=",".join(CONTENDERS))
+    p.add_argument("--contenders", default=",".join(CONTENDERS[:4]),
+                   help="comma-separated: backendnn,torch,sklearn,floor")
+    p.add_argument("--baseline", metavar="DIR",
+                   help="also time backendnn from another checkout (e.g. `git archive` of an "
+                        "older commit), as contender 'baseline'")
     p.add_argument("--rounds", type=int, default=7, help="alternated blocks per contender")
     p.add_argument("--threads", type=int, default=2, help="threads of every worker")
     p.add_argument("--seconds", type=float, default=0.4, help="time per block")
@@ -467,13 +551,17 @@ def main(argv=None) -> None:
     p.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown")
     p.add_argument("--png", metavar="PATH", help="also write a bar chart")
     p.add_argument("--json", metavar="PATH", help="also write every step time as JSON")
+    p.add_argument("--profile", action="store_true",
+                   help="instead: the median time of each call inside backendnn's step")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--memory", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.worker:
-        if args.memory:
+        if args.profile:
+            _profile_worker(args.case, steps=300 if args.case != "wide" else 20)
+        elif args.memory:
             _memory_worker(args.worker, args.case, args.threads)
         else:
             _worker(args.worker, args.case, args.threads)
@@ -485,12 +573,31 @@ def main(argv=None) -> None:
         if c not in CASES:
             p.error(f"unknown case {c!r}; choose from {', '.join(CASES)}")
     for c in contenders:
-        if c not in CONTENDERS:
-            p.error(f"unknown contender {c!r}; choose from {', '.join(CONTENDERS)}")
+        if c not in CONTENDERS[:4]:
+            p.error(f"unknown contender {c!r}; choose from {', '.join(CONTENDERS[:4])} "
+                    "(and --baseline DIR)")
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    if args.profile:
+        for case in cases:
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", "backendnn", "--case",
+                   case, "--threads", str(args.threads), "--profile"]
+            out = subprocess.run(cmd, env=_env(args.threads), capture_output=True, text=True,
+                                 check=True)
+            print(f"{case}: median us per call inside backendnn's step, {args.threads} threads")
+            for label, us in json.loads(out.stdout).items():
+                print(f"  {label:36s} {us:10.1f}")
+        return
+
+    for c, module in (("torch", "torch"), ("sklearn", "sklearn")):
+        if c in contenders and importlib.util.find_spec(module) is None:
+            log(f"skipping {c}: {module} is not installed")
+            contenders.remove(c)
+    if args.baseline:
+        os.environ[BASELINE_VAR] = os.path.abspath(args.baseline)
+        contenders.append("baseline")
     results, threads_seen = {}, {}
     for case in cases:
         log(f"{case}: {CASES[case]['what']}")
@@ -504,7 +611,8 @@ def main(argv=None) -> None:
                 if n in MEMORY_CONTENDERS}
     rows = summarise(results)
     print(table(rows))
-    command = "python " + " ".join([os.path.relpath(__file__)] + sys.argv[1:])
+    given = sys.argv[1:] if argv is None else list(argv)
+    command = "python " + " ".join([os.path.relpath(__file__)] + given)
     meta = machine(args.threads) | {"rounds": args.rounds, "threads_seen": threads_seen}
     if args.markdown:
         write_markdown(args.markdown, rows, meta, command)

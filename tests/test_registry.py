@@ -575,11 +575,13 @@ def test_plugin_trains_a_model(plugin):
     assert model.backend is plugin.get("dummy")
     assert all(layer.backend is model.backend for layer in model.layers)
     assert after < before
+    # The plugin runs the portable Array API kernels, the numpy backend its fast
+    # paths (e.g. bias gradients as ones @ g): equal up to float32 summation order.
     reference, ref_before, ref_after = train_one_step("numpy")
-    assert (before, after) == (ref_before, ref_after)
+    np.testing.assert_allclose([before, after], [ref_before, ref_after], rtol=1e-6)
     for p, q in zip(model.parameters(), reference.parameters()):
         assert model.backend.owns(p.value)
-        np.testing.assert_array_equal(p.value, q.value)
+        np.testing.assert_allclose(p.value, q.value, rtol=1e-6, atol=1e-7)
 
 
 # --- CUDA (skip without a device) --------------------------------------------------------

@@ -56,7 +56,7 @@ class Linear(Layer):
             msg = f"expected input (batch, {self.n_inp}), got shape {tuple(x.shape)}"
             raise ShapeError(msg)
         self.x = x
-        y = x @ self.weights
+        y = self.backend.matmul(x, self.weights)
         if self.backend.inplace:  # y is new: add the bias without a second array
             y += self.bias
             return y
@@ -64,13 +64,14 @@ class Linear(Layer):
 
     def _param_grads(self, grad):
         x = self._need(self.x)
+        self.grad_w = self.grad_b = None  # free last step's before making this step's
         g = grad * (1.0 / x.shape[0])
-        self.grad_w = x.T @ g
+        self.grad_w = self.backend.matmul(x.T, g)
         self.grad_b = self.backend.batch_sum(g)
 
     def backward(self, grad):
         self._param_grads(grad)
-        return grad @ self.weights.T
+        return self.backend.matmul(grad, self.weights.T)
 
     def backward_params(self, grad) -> None:
         self._param_grads(grad)

@@ -53,5 +53,6 @@ class SGD(Optimizer):
                 g, owned = _iadd(buf * momentum, g, ip), True
             else:
                 g, owned = buf, False
-        g = _imul(g, group["lr"], ip) if owned else g * group["lr"]
-        return _isub(p, g, ip)
+        if owned:
+            return _isub(p, _imul(g, group["lr"], ip), ip)
+        return backend.sub_scaled(p, g, group["lr"])  # g is the user's: not scaled in place

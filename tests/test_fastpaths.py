@@ -1,0 +1,215 @@
+"""The backend kernels (relu, backprop_relu, batch_sum, softmax_cross_entropy,
+sub_scaled): every backend against float64 NumPy, NumPy's fast overrides against the
+portable fallbacks of `Backend`, and no array of one step overwritten by the next."""
+import numpy as np
+import pytest
+
+import backendnn
+from backendnn import SGD, CrossEntropy, Linear, ReLU, Sequential
+from backendnn.backends import Backend, get
+
+F32 = {"rtol": 1e-5, "atol": 1e-6}
+KERNELS = ("relu", "backprop_relu", "batch_sum", "softmax_cross_entropy")
+UPDATES = ("sub_scaled",)
+
+
+def host(backend, x):
+    return np.array(backend.to_numpy(x), dtype=np.float64, copy=True)
+
+
+def ref_cross_entropy(z, y):
+    shifted = z - z.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    one_hot = np.eye(z.shape[1])[y]
+    return -(log_p * one_hot).sum(axis=1), np.exp(log_p) - one_hot
+
+
+@pytest.mark.parametrize("shape", [(9, 4), (3, 17)])  # more rows than classes, and fewer
+def test_kernels_match_float64_reference(backend, rng, shape):
+    z_np = rng.normal(0, 3, shape).astype(np.float32)
+    g_np = rng.normal(0, 1, shape).astype(np.float32)
+    y_np = rng.integers(0, shape[1], shape[0])
+    z, g = backend.asarray(z_np), backend.asarray(g_np)
+    z64, g64 = z_np.astype(np.float64), g_np.astype(np.float64)
+    f32 = backend.dtype("float32")
+
+    y = backend.relu(z)
+    assert y.dtype == f32
+    np.testing.assert_array_equal(host(backend, y), np.maximum(z64, 0))
+    dx = backend.backprop_relu(g, y)
+    assert dx.dtype == f32
+    np.testing.assert_array_equal(host(backend, dx), np.where(z64 > 0, g64, 0))
+    s = backend.batch_sum(g)
+    assert s.dtype == f32 and tuple(s.shape) == (shape[1],)
+    np.testing.assert_allclose(host(backend, s), g64.sum(axis=0), **F32)
+
+    loss, grad = backend.softmax_cross_entropy(z, backend.asarray(y_np))
+    ref_loss, ref_grad = ref_cross_entropy(z64, y_np)
+    assert loss.dtype == grad.dtype == f32
+    assert tuple(loss.shape) == (shape[0],) and tuple(grad.shape) == shape
+    np.testing.assert_allclose(host(backend, loss), ref_loss, **F32)
+    np.testing.assert_allclose(host(backend, grad), ref_grad, **F32)
+
+
+def test_sub_scaled_updates_in_place_where_allowed(backend, rng):
+    p_np = rng.normal(0, 1, (7, 5)).astype(np.float32)
+    g_np = rng.normal(0, 1, (7, 5)).astype(np.float32)
+    expected = p_np - 0.1 * g_np.astype(np.float64)
+    p, g = backend.asarray(p_np.copy()), backend.asarray(g_np.copy())
+    out = backend.sub_scaled(p, g, 0.1)
+    assert out.dtype == backend.dtype("float32")
+    np.testing.assert_allclose(host(backend, out), expected, **F32)
+    np.testing.assert_array_equal(host(backend, g), g_np)
+    if backend.inplace:
+        assert out is p
+
+
+def test_relu_special_values(backend):
+    """NaN stays NaN, -inf goes to 0; the gradient passes only where the output is > 0."""
+    x = backend.asarray(np.array([-np.inf, -1.0, -0.0, 0.0, 2.0, np.inf, np.nan], np.float32))
+    y = host(backend, backend.relu(x))
+    np.testing.assert_array_equal(y, [0, 0, 0, 0, 2, np.inf, np.nan])
+    grad = backend.asarray(np.arange(1, 8, dtype=np.float32))
+    dx = host(backend, backend.backprop_relu(grad, backend.relu(x)))
+    np.testing.assert_array_equal(dx, [0, 0, 0, 0, 5, 6, 0])
+
+
+def test_softmax_cross_entropy_logits_far_apart(backend):
+    """Rows whose logits differ by 1e4 (exp overflows unshifted) and rows far below
+    the others (a global shift would underflow them to log(0))."""
+    z_np = np.array([[0.0, 1e4, -1e4], [-5e3, -5e3 + 1.0, -5e3], [1e4, 0.0, 0.0]], np.float32)
+    y_np = np.array([1, 0, 1])
+    loss, grad = backend.softmax_cross_entropy(backend.asarray(z_np), backend.asarray(y_np))
+    ref_loss, ref_grad = ref_cross_entropy(z_np.astype(np.float64), y_np)
+    np.testing.assert_allclose(host(backend, loss), ref_loss, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(host(backend, grad), ref_grad, rtol=1e-5, atol=1e-6)
+
+
+# --- NumPy: the fast overrides give the portable fallbacks' values ---------------------
+
+def _portable(kernel):
+    """The `Backend` fallback of `kernel`, run on the NumPy backend (xp = numpy)."""
+    numpy_backend = get("numpy")
+    return lambda *args: getattr(Backend, kernel)(numpy_backend, *args)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+@pytest.mark.parametrize("shape", [(64, 10), (5, 40), (1, 1)])
+def test_numpy_fast_paths_equal_portable(rng, dtype, layout, shape):
+    be = get("numpy")
+    n, c = shape
+
+    def make():
+        a = rng.normal(0, 2, (n, 2 * c)).astype(dtype)
+        if layout == "strided":
+            return a[:, ::2]
+        return np.asfortranarray(a[:, :c]) if layout == "F" else np.ascontiguousarray(a[:, :c])
+
+    z, g = make(), make()
+    z[0, 0] = 0.0
+    labels = rng.integers(0, c, n)
+    rtol = 1e-6 if dtype == "float32" else 1e-13
+    for name in KERNELS:
+        args = {"relu": (z,), "backprop_relu": (g, np.maximum(z, 0)), "batch_sum": (g,),
+                "softmax_cross_entropy": (z, labels)}[name]
+        fast, slow = getattr(be, name)(*args), _portable(name)(*args)
+        for f, s in zip(fast if isinstance(fast, tuple) else (fast,),
+                        slow if isinstance(slow, tuple) else (slow,)):
+            assert f.dtype == s.dtype == np.dtype(dtype), name
+            assert f.shape == s.shape, name
+            np.testing.assert_allclose(f, s, rtol=rtol, atol=rtol, err_msg=name)
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (600, 500), (2, 70001)])  # < 1 chunk, 3, 1 and a bit
+@pytest.mark.parametrize("layout", ["C", "F"])  # F: not C-contiguous, the fallback
+def test_numpy_sub_scaled_equals_portable(rng, shape, layout):
+    be = get("numpy")
+    order = "C" if layout == "C" else "F"
+    p = np.array(rng.normal(0, 1, shape), dtype=np.float32, order=order)
+    g = np.array(rng.normal(0, 1, shape), dtype=np.float32, order=order)
+    g_before, expected = g.copy(), _portable("sub_scaled")(p.copy(), g, 0.03)
+    out = be.sub_scaled(p, g, 0.03)
+    assert out is p
+    np.testing.assert_array_equal(out, expected)  # same operations, same rounding
+    np.testing.assert_array_equal(g, g_before)
+
+
+def test_numpy_kernels_return_fresh_writable_arrays(rng):
+    """No kernel hands out its input, a cached array, or the previous call's output."""
+    be = get("numpy")
+    z = rng.normal(0, 1, (8, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, 8)
+    z_before = z.copy()
+    outs = [be.relu(z), be.backprop_relu(z, be.relu(z)), be.batch_sum(z),
+            *be.softmax_cross_entropy(z, labels)]
+    again = [be.batch_sum(z), *be.softmax_cross_entropy(z, labels)]
+    for a in outs:
+        assert a.flags.writeable and not np.shares_memory(a, z)
+    for a, b in zip(outs[2:], again):
+        assert not np.shares_memory(a, b)
+    outs[2][...] = 7.0  # writing into one result leaves later results alone
+    np.testing.assert_allclose(be.batch_sum(z), z.sum(axis=0), rtol=1e-6)
+    np.testing.assert_array_equal(z, z_before)
+
+
+def _train(n_steps, seed=3):
+    backendnn.seed(seed)
+    rng = np.random.default_rng(seed)
+    model = Sequential([Linear(12, 16, backend="numpy"), ReLU(backend="numpy"),
+                        Linear(16, 16, backend="numpy"), ReLU(backend="numpy"),
+                        Linear(16, 5, backend="numpy")], CrossEntropy(backend="numpy"))
+    opt = SGD(model, lr=0.1)
+    losses = []
+    for _ in range(n_steps):
+        x = rng.normal(0, 1, (20, 12)).astype(np.float32)
+        y = rng.integers(0, 5, 20)
+        losses.append(model.criterion(model(x), y))
+        model.backward()
+        opt.step()
+    return [p.value.copy() for p in model.parameters()], np.stack(losses)
+
+
+def test_numpy_training_with_fast_paths_follows_the_portable_path(monkeypatch):
+    fast_params, fast_losses = _train(5)
+    numpy_backend = type(get("numpy"))
+    for name in KERNELS + UPDATES:
+        monkeypatch.setattr(numpy_backend, name, getattr(Backend, name))
+    slow_params, slow_losses = _train(5)
+    np.testing.assert_allclose(fast_losses, slow_losses, rtol=1e-5, atol=1e-6)
+    for f, s in zip(fast_params, slow_params):
+        np.testing.assert_allclose(f, s, rtol=1e-5, atol=1e-6)
+
+
+# --- no aliasing across steps ----------------------------------------------------------
+
+def test_arrays_kept_from_one_step_survive_the_next(backend, rng):
+    """Outputs, activations, loss gradients and parameter gradients a user keeps are
+    not overwritten by the next forward, backward or step."""
+    model = Sequential([Linear(6, 8, backend=backend), ReLU(backend=backend),
+                        Linear(8, 3, backend=backend)], CrossEntropy(backend=backend))
+    opt = SGD(model, lr=0.5)
+
+    def batch():
+        return (backend.asarray(rng.normal(0, 1, (5, 6)).astype(np.float32)),
+                backend.asarray(rng.integers(0, 3, 5)))
+
+    x, y = batch()
+    kept = {"output": model(x)}
+    model.criterion(kept["output"], y)
+    model.backward()
+    kept["relu.y"] = model.layers[1].y
+    kept["loss grad"] = model.criterion.backward()
+    for i, p in enumerate(model.parameters()):
+        kept[f"grad {i}"] = p.grad
+    snapshot = {k: host(backend, v) for k, v in kept.items()}
+    weights_before = host(backend, model.layers[0].weights)
+    opt.step()
+    assert not np.array_equal(host(backend, model.layers[0].weights), weights_before)
+    for _ in range(2):
+        x, y = batch()
+        model.criterion(model(x), y)
+        model.backward()
+        opt.step()
+    for k, v in kept.items():
+        np.testing.assert_array_equal(host(backend, v), snapshot[k], err_msg=k)
