@@ -46,7 +46,7 @@ class BackendEnvironmentError(BackendError, ValueError):
     """`BACKENDNN_BACKEND` holds a value that is not a usable backend."""
 
 
-_HOST = {"rng": np.random.default_rng(0), "seed": 0, "epoch": 0}
+_HOST = {"rng": np.random.default_rng(0), "seed": 0, "generation": 0}
 
 
 def seed(n: int) -> None:
@@ -59,7 +59,7 @@ def seed(n: int) -> None:
         raise TypeError(msg)
     _HOST["rng"] = np.random.default_rng(n)
     _HOST["seed"] = n
-    _HOST["epoch"] += 1
+    _HOST["generation"] += 1
 
 
 def host_rng() -> np.random.Generator:
@@ -177,11 +177,6 @@ class Backend:
         """A host permutation of range(n): the batch order, the same on every backend."""
         return host_rng().permutation(n)
 
-    def bernoulli(self, p_keep: float, shape, dtype="float32"):
-        """A mask of 0/1 with P(1) = `p_keep` (dropout); portable host draw."""
-        mask = host_rng().random(shape) < p_keep
-        return self.asarray(mask.astype(_np_dtype(dtype)), dtype=dtype)
-
     def device_bernoulli(self, p_keep: float, shape, dtype="float32"):
         """A 0/1 mask with P(1) = `p_keep`, drawn where the backend computes (dropout).
 
@@ -200,8 +195,8 @@ class Backend:
     def _device_generator(self, make):
         """`make(seed)`'s generator, made anew on first use after each `seed()` call."""
         cached = getattr(self, "_device_rng", None)
-        if cached is None or cached[0] != _HOST["epoch"]:
-            cached = (_HOST["epoch"], make(_HOST["seed"]))
+        if cached is None or cached[0] != _HOST["generation"]:
+            cached = (_HOST["generation"], make(_HOST["seed"]))
             self._device_rng = cached
         return cached[1]
 
