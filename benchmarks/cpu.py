@@ -151,15 +151,22 @@ def _make_sklearn(sizes, x, y):
 def _make_floor(sizes, x, y):
     import numpy as np
 
-    rng = np.random.default_rng(1)
+    return floor_step(np, sizes, x)
+
+
+def floor_step(lib, sizes, x):
+    """The step's matrix products alone, into preallocated outputs, with `lib` (NumPy,
+    or CuPy for the GPU benchmark): forward x @ W, then x.T @ g for every layer and
+    g @ W.T for every layer but the first."""
+    rng = lib.random.default_rng(1)
     batch = x.shape[0]
-    ws = [rng.standard_normal((a, b), dtype=np.float32) / np.float32(a ** 0.5)
+    ws = [rng.standard_normal((a, b), dtype=lib.float32) / lib.float32(a ** 0.5)
           for a, b in zip(sizes[:-1], sizes[1:])]
-    hs = [np.empty((batch, w.shape[1]), np.float32) for w in ws]
-    gws = [np.empty_like(w) for w in ws]
-    gxs = [np.empty((batch, w.shape[0]), np.float32) for w in ws]
+    hs = [lib.empty((batch, w.shape[1]), lib.float32) for w in ws]
+    gws = [lib.empty_like(w) for w in ws]
+    gxs = [lib.empty((batch, w.shape[0]), lib.float32) for w in ws]
     inputs = [x] + hs[:-1]
-    matmul = np.matmul
+    matmul = lib.matmul
 
     def step():
         h = x

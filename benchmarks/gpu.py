@@ -52,16 +52,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def _cpu_cases() -> dict:
-    """The CPU benchmark's cases (benchmarks/cpu.py), the same networks and batches."""
+def _cpu_benchmark():
+    """benchmarks/cpu.py: its cases (the same networks and batches) and floor step."""
     spec = importlib.util.spec_from_file_location("_backendnn_bench_cpu", os.path.join(HERE, "cpu.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return {name: dict(case) for name, case in module.CASES.items()}
+    return module
 
 
+CPU = _cpu_benchmark()
 CASES = {
-    **_cpu_cases(),
+    **{name: dict(case) for name, case in CPU.CASES.items()},
     "huge": {"sizes": [8192, 8192, 8192, 10], "batch": 8192,
              "what": "8192-8192-8192-10, ReLU, cross-entropy, batch 8192"},
 }
@@ -219,27 +220,7 @@ def _make_torch(sizes, x, y, graph: bool):
 def _make_floor(sizes, x, y):
     import cupy
 
-    rng = cupy.random.default_rng(1)
-    batch = x.shape[0]
-    gx = cupy.asarray(x)
-    ws = [rng.standard_normal((a, b), dtype=cupy.float32) / cupy.float32(a ** 0.5)
-          for a, b in zip(sizes[:-1], sizes[1:])]
-    hs = [cupy.empty((batch, w.shape[1]), cupy.float32) for w in ws]
-    gws = [cupy.empty_like(w) for w in ws]
-    gxs = [cupy.empty((batch, w.shape[0]), cupy.float32) for w in ws]
-    inputs = [gx] + hs[:-1]
-    matmul = cupy.matmul
-
-    def step():
-        h = gx
-        for w, out in zip(ws, hs):
-            h = matmul(h, w, out=out)
-        g = h
-        for i in range(len(ws) - 1, -1, -1):
-            matmul(inputs[i].T, g, out=gws[i])
-            if i:
-                g = matmul(g, ws[i].T, out=gxs[i])
-
+    step = CPU.floor_step(cupy, sizes, cupy.asarray(x))
     sync = cupy.cuda.get_current_stream().synchronize
     return step, sync, {"cupy": cupy.__version__}
 

@@ -1,0 +1,34 @@
+"""Smoke tests of the benchmark scripts: they run and print their table (no timing asserted)."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_cpu_benchmark_prints_its_table(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    md = tmp_path / "bench.md"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/cpu.py", "--cases", "tiny", "--rounds", "1",
+         "--seconds", "0.05", "--pause", "0", "--no-memory", "--markdown", str(md)],
+        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.strip().splitlines()[-2:]
+    assert "backendnn/torch" in header and "backendnn/floor" in header
+    assert row.split()[0] == "tiny"
+    assert "| tiny |" in md.read_text()
+
+
+def test_gpu_benchmark_shares_the_cpu_cases():
+    spec = importlib.util.spec_from_file_location("bench_gpu", os.path.join(ROOT, "benchmarks", "gpu.py"))
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    assert {"mlp", "tiny", "wide", "huge"} <= set(gpu.CASES)
+    assert gpu.CASES["mlp"]["sizes"] == gpu.CPU.CASES["mlp"]["sizes"]
+    assert gpu.CASES["huge"]["sizes"] == [8192, 8192, 8192, 10]
