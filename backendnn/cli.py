@@ -100,10 +100,9 @@ def _train(args) -> int:
     from . import optim
     from .checkpoint import save
     from .data import DataLoader, Dataset, StandardScaler
-    from .layers import Linear, Sigmoid
     from .losses import BinaryCrossEntropy, CrossEntropy, MeanSquaredError
     from .metrics import accuracy
-    from .model import ACTIVATIONS, Sequential
+    from .model import MLP
     from .train import Trainer
 
     checks = ((args.epochs >= 0, "--epochs must be >= 0"),
@@ -156,18 +155,12 @@ def _train(args) -> int:
     train_dl = DataLoader(Dataset(X[train], y[train]), batch_size=args.batch_size, shuffle=True)
     val_dl = DataLoader(Dataset(X[val], y[val]), batch_size=512) if n_val else None
 
-    act = ACTIVATIONS[args.activation]
-    layers = []
-    for i, (n_in, n_out_) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(Linear(n_in, n_out_, backend=backend))
-        if i < len(sizes) - 2:
-            layers.append(act(backend=backend))
     if binary:
-        layers.append(Sigmoid(backend=backend))
         criterion = BinaryCrossEntropy(backend=backend)
     else:
         criterion = (CrossEntropy if task == "classify" else MeanSquaredError)(backend=backend)
-    model = Sequential(layers, criterion, backend=backend)
+    model = MLP(sizes, args.activation, criterion, backend=backend,
+                output_activation="sigmoid" if binary else None)
     optimizer_cls = getattr(optim, _OPTIMIZERS[args.optimizer])
     lr = args.lr if args.lr is not None else (0.1 if args.optimizer == "sgd" else None)
     optimizer = optimizer_cls(model, **({} if lr is None else {"lr": lr}))
