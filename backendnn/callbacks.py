@@ -251,7 +251,7 @@ class LayerStats(Callback):
         """Run the probe batch (x, y) through `model`; return one stats dict per layer."""
         xp = model.backend.xp
         dtype = model.backend.dtype(model.dtype)
-        was_training = model.training
+        modes = [layer.training for layer in model.layers]
         model.eval()
         try:
             outputs = []
@@ -266,7 +266,8 @@ class LayerStats(Callback):
                 grads[i] = grad
                 grad = model.layers[i].backward(grad)
         finally:
-            model.train(was_training)
+            for layer, mode in zip(model.layers, modes):
+                layer.train(mode)
 
         def flat(a):
             a = xp.astype(a, dtype) if a.dtype != dtype else a

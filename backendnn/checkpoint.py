@@ -1,4 +1,4 @@
-"""Checkpoints: a model, its optimiser, its trainer and the host RNG in one safetensors file.
+"""Checkpoints: a model, its optimiser, its trainer and the RNG states in one safetensors file.
 
     save(model, "run.safetensors", trainer=trainer)      # optimiser taken from the trainer
     model = load("run.safetensors", backend="torch")      # rebuilt, on any backend
@@ -11,7 +11,15 @@ The file is plain safetensors:
 - string metadata, JSON: `model` (layer classes and constructor arguments, the
   criterion, the dtype), `optimizer` (its class and `state_dict()` with arrays
   replaced by tensor names), `trainer` (epoch and history), `rng` (the state of
-  the seeded host bit generator, which shuffles and initialises), `extra` (yours).
+  the seeded host bit generator, which shuffles and initialises), `device_rng`
+  (the backend's device generator, which draws torch's and CuPy's Dropout masks:
+  `backend.device_rng_state()`, tagged with the backend and device kind; absent
+  where masks come from the host generator), `extra` (yours).
+
+A resume is exact on the backend and kind of device that saved the file. On
+another backend (or torch on another device kind), weights, optimiser state and
+batch order still resume, but that library's Dropout masks cannot be reproduced:
+the device state is left alone and masks continue from its own generator.
 
 A layer's constructor arguments come from its `config()` method when it has one,
 else from the attributes named like the parameters of its `__init__` (`Linear`
@@ -48,7 +56,7 @@ class CheckpointError(ValueError):
 # --- writing ------------------------------------------------------------------------
 
 def save(model, path, optimizer=None, trainer=None, *, extra: dict | None = None) -> None:
-    """Write `model` (and `optimizer`, `trainer`, the host RNG state) to `path`.
+    """Write `model` (and `optimizer`, `trainer`, the RNG states) to `path`.
 
     Args:
         model: a `Sequential` (or subclass).
@@ -86,6 +94,9 @@ def save(model, path, optimizer=None, trainer=None, *, extra: dict | None = None
         spec["sizes"] = list(model.sizes)
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": _dumps(spec),
                 "rng": _dumps(_rng_state())}
+    device_rng = backend.device_rng_state()
+    if device_rng is not None:
+        metadata["device_rng"] = _dumps(device_rng)
     if optimizer is not None:
         state = _encode(_state_dict(optimizer), "optimizer", host)
         metadata["optimizer"] = _dumps({"class": type(optimizer).__qualname__, "state": state})
@@ -271,7 +282,10 @@ def restore(path, *, model=None, optimizer=None, trainer=None, rng: bool = True)
             default: `trainer.optimizer`.
         trainer: receives the saved epoch and history (and scheduler state).
         rng: also set the seeded host generator to its saved state, so shuffling
-            continues as it would have.
+            continues as it would have, and the backend's device generator
+            (torch, CuPy Dropout masks) when the file was saved on the same
+            backend and kind of device as the model's; otherwise that state is
+            skipped without error (another library's masks cannot be reproduced).
 
     Returns the checkpoint's metadata. Raises CheckpointError when the file does not
     match: another architecture, a tensor of another shape, another optimiser class.
@@ -293,6 +307,7 @@ def restore(path, *, model=None, optimizer=None, trainer=None, rng: bool = True)
             _restore_trainer(path, meta, trainer, array)
     if rng:
         _restore_rng(path, meta)
+        _restore_device_rng(path, meta, model.backend if model is not None else get_backend())
     return meta
 
 
@@ -314,7 +329,7 @@ def _metadata(path, f) -> dict:
     raw = f.metadata() or {}
     meta = {}
     for key, value in raw.items():
-        if key in ("model", "optimizer", "trainer", "rng", "extra"):
+        if key in ("model", "optimizer", "trainer", "rng", "device_rng", "extra"):
             try:
                 value = json.loads(value)
             except ValueError as e:
@@ -493,6 +508,18 @@ def _restore_rng(path, meta: dict) -> None:
         generator.state = state
     except (TypeError, ValueError, KeyError) as e:
         msg = f"{os.fspath(path)}: the saved RNG state does not fit the host generator ({e})"
+        raise CheckpointError(msg) from None
+
+
+def _restore_device_rng(path, meta: dict, backend) -> None:
+    """Set `backend`'s device generator from a state that the same backend saved."""
+    state = meta.get("device_rng")
+    if not isinstance(state, dict) or state.get("backend") != backend.name:
+        return
+    try:
+        backend.set_device_rng_state(state)
+    except (TypeError, ValueError) as e:
+        msg = f"{os.fspath(path)}: the saved device RNG state does not fit backend {backend.name!r} ({e})"
         raise CheckpointError(msg) from None
 
 

@@ -45,10 +45,14 @@ def _read_csv(path: str, target):
         col = header.index(target)
     else:
         try:
-            col = int(target) % width
+            col = int(target)
         except ValueError:
             msg = f"{path}: no column named {target!r}; columns: {header}"
             raise ValueError(msg) from None
+        if not -width <= col < width:
+            msg = f"{path}: target column {col} is out of range for {width} columns"
+            raise ValueError(msg)
+        col %= width
     X, y = [], []
     for n, row in enumerate(rows, start=2 if header else 1):
         if len(row) != width:

@@ -4,12 +4,16 @@ from __future__ import annotations
 import copy
 import random
 
+from .backends import host_rng
+
 
 def gradcheck(model, x, y, *, eps: float = 1e-5, max_checks: int = 30, seed: int = 0,
               mode: str = "train") -> dict:
     """Worst relative error of backward's gradients against finite differences.
 
-    A float64 copy of `model` on its own backend is used, so the model is untouched.
+    A float64 copy of `model` on its own backend is used, so the model is untouched;
+    the random generators (host, and the backend's device one) are restored after,
+    so calling gradcheck does not change a later training run.
     For each parameter (named "<index>.<Layer>.<attr>") and for the input ("input"),
     up to `max_checks` entries are perturbed by ±eps (1e-5 balances the float64
     rounding of the loss, which grows as 1/eps, against the truncation error, which
@@ -29,7 +33,18 @@ def gradcheck(model, x, y, *, eps: float = 1e-5, max_checks: int = 30, seed: int
     if mode not in ("train", "eval"):
         msg = f"gradcheck: `mode` must be 'train' or 'eval', got {mode!r}"
         raise ValueError(msg)
-    model = copy.deepcopy(model).to(model.backend, "float64")
+    backend = model.backend
+    host_state = host_rng().bit_generator.state
+    device_state = backend.device_rng_state()
+    try:
+        return _gradcheck(copy.deepcopy(model).to(backend, "float64"), x, y, eps=eps,
+                          max_checks=max_checks, seed=seed, mode=mode)
+    finally:
+        host_rng().bit_generator.state = host_state
+        backend.set_device_rng_state(device_state)
+
+
+def _gradcheck(model, x, y, *, eps, max_checks, seed, mode) -> dict:
     backend = model.backend
     xp = backend.xp
     x = xp.asarray(backend.asarray(x, dtype="float64"), copy=True)

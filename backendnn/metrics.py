@@ -9,7 +9,7 @@ def accuracy(y_hat, y):
 
     Binary when y_hat is (batch,) or (batch, 1): probabilities thresholded at 0.5.
     Multi-class when y_hat is (batch, n_classes): argmax against integer labels
-    (batch,) or one-hot targets (batch, n_classes).
+    (batch,) or (batch, 1), or one-hot targets (batch, n_classes).
     """
     xp = array_namespace(y_hat)
     n = y_hat.shape[0]
@@ -20,6 +20,8 @@ def accuracy(y_hat, y):
             truth = xp.reshape(xp.astype(y, y_hat.dtype), (n,)) > 0.5
     elif y_hat.ndim == 2:
         pred = xp.argmax(y_hat, axis=1)
+        if tuple(y.shape) == (n, 1):  # a column of labels, as CrossEntropy takes
+            y = xp.reshape(y, (n,))
         truth = y if tuple(y.shape) == (n,) else (
             xp.argmax(y, axis=1) if tuple(y.shape) == tuple(y_hat.shape) else None)
         if truth is not None and truth.dtype != pred.dtype:

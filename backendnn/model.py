@@ -5,6 +5,7 @@ import copy
 
 from .backends import get_backend
 from .layers import Layer, LeakyReLU, Linear, ReLU, ShapeError, Sigmoid, Softmax, Tanh
+from .layers.base import _dtype_name
 from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MeanSquaredError
 from .losses.base import _same_backend
 
@@ -36,7 +37,12 @@ class Sequential:
             backend = self.layers[0].backend
         self.backend = get_backend(backend)
         dtypes = {layer.dtype for layer in self.layers if layer.param_names}
-        self.dtype = dtypes.pop() if len(dtypes) == 1 else "float32"
+        if len(dtypes) > 1:
+            msg = (f"Sequential: the layers' parameters have different dtypes {sorted(dtypes)}; "
+                   "build them with one dtype, or call model.to(backend, dtype) on a model "
+                   "built from one")
+            raise TypeError(msg)
+        self.dtype = dtypes.pop() if dtypes else "float32"
         self._move(self.backend, self.dtype)
 
     def __call__(self, x):
@@ -95,11 +101,13 @@ class Sequential:
 
     def to(self, backend, dtype: str | None = None):
         """Move every parameter and buffer to `backend` (a name or Backend), and to
-        `dtype` if given. Values are kept bit for bit."""
-        self.backend = get_backend(backend)
-        if dtype is not None:
-            self.dtype = dtype
-        self._move(self.backend, self.dtype)
+        `dtype` if given. Values are kept bit for bit. A dtype the backend lacks
+        raises before anything moves."""
+        backend = get_backend(backend)
+        dtype = self.dtype if dtype is None else _dtype_name(dtype)
+        backend.dtype(dtype)
+        self._move(backend, dtype)
+        self.backend, self.dtype = backend, dtype
         return self
 
     def _move(self, backend, dtype):

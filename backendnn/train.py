@@ -188,7 +188,7 @@ class Trainer:
         """Mean per-sample loss and the sample-weighted metric over `dl`, as floats
         (metric is NaN without a metric function)."""
         model, xp = self.model, self.model.backend.xp
-        was_training = model.training
+        modes = [layer.training for layer in model.layers]  # each restored, not all as one
         model.eval()
         loss = metric = 0.0
         n = 0
@@ -201,7 +201,8 @@ class Trainer:
                         metric = metric + x.shape[0] * self.metric(y_hat, y)
                     n += x.shape[0]
         finally:
-            model.train(was_training)
+            for layer, mode in zip(model.layers, modes):
+                layer.train(mode)
         if n == 0:
             msg = "Trainer.evaluate: the loader yielded no batches"
             raise ValueError(msg)

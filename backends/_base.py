@@ -5,6 +5,9 @@ seeded generator, datasets, `to_numpy`). The core in `backendnn/` never does.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+
 import numpy as np
 
 __all__ = [
@@ -196,9 +199,76 @@ class Backend:
         """`make(seed)`'s generator, made anew on first use after each `seed()` call."""
         cached = getattr(self, "_device_rng", None)
         if cached is None or cached[0] != _HOST["generation"]:
-            cached = (_HOST["generation"], make(_HOST["seed"]))
+            cached = (_HOST["generation"], make(_HOST["seed"]), _HOST["seed"])
             self._device_rng = cached
         return cached[1]
+
+    # --- the device generator's state, for checkpoints ---------------------------
+    def device_rng_state(self) -> dict | None:
+        """The device generator's state as a JSON-able dict, so a checkpoint can
+        resume the masks of `device_bernoulli` exactly; None where masks come from
+        the seeded host generator, whose state a checkpoint saves on its own.
+
+        Overrides return {"backend": name, "device": kind ("cpu", "cuda"), "seed":
+        the `backendnn.seed` value the stream started from, "state": the
+        generator's own state bytes in base64, or None while no generator was
+        made since the last `seed()` call (it would start fresh from "seed")}.
+        Portable fallback: None.
+        """
+        return None
+
+    def set_device_rng_state(self, state) -> bool:
+        """Put the device generator in `state` (from `device_rng_state()`), so the
+        next masks are the ones drawn after that state was taken. The generator is
+        made anew from the state's seed, set, and kept for the current `seed()`
+        generation; a later `seed()` call replaces it as usual.
+
+        Returns True when the state was set; False when there is nothing to set:
+        `state` is None, this backend has no device generator, or the state comes
+        from another backend or kind of device, whose stream cannot be continued
+        here (its masks are another library's). Raises ValueError for a state of
+        this backend and device that does not fit the generator (another library
+        version). Portable fallback: False, nothing set.
+        """
+        _check_rng_state(state)
+        return False
+
+    def _device_rng_snapshot(self, kind: str, to_bytes) -> dict | None:
+        """`device_rng_state()` for a device generator on a `kind` device;
+        `to_bytes(generator)` gives its state bytes, or None where it cannot."""
+        cached = getattr(self, "_device_rng", None)
+        if cached is None or cached[0] != _HOST["generation"]:
+            return {"backend": self.name, "device": kind, "seed": _HOST["seed"], "state": None}
+        raw = to_bytes(cached[1])
+        if raw is None:
+            return None
+        return {"backend": self.name, "device": kind, "seed": int(cached[2]),
+                "state": base64.b64encode(raw).decode("ascii")}
+
+    def _device_rng_resume(self, state, kind: str, make, from_bytes) -> bool:
+        """`set_device_rng_state` for a generator made by `make(seed)` on a `kind`
+        device; `from_bytes(generator, raw)` sets its state from the saved bytes."""
+        _check_rng_state(state)
+        if state is None or state.get("backend") != self.name or state.get("device") != kind:
+            return False
+        seed, encoded = state.get("seed"), state.get("state")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            msg = (f"backend {self.name!r}: the device RNG state's 'seed' must be a "
+                   f"non-negative int, got {seed!r}; pass a dict from device_rng_state()")
+            raise ValueError(msg)
+        raw = None
+        if encoded is not None:
+            try:
+                raw = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, TypeError, ValueError):
+                msg = (f"backend {self.name!r}: the device RNG state's 'state' is not base64 "
+                       "text; pass a dict from device_rng_state()")
+                raise ValueError(msg) from None
+        generator = make(seed)
+        if raw is not None:
+            from_bytes(generator, raw)
+        self._device_rng = (_HOST["generation"], generator, seed)
+        return True
 
     # --- kernels: standard code a backend may override with a faster spelling ----
     # Overrides must agree with these within float32 rounding (tests/test_fastpaths.py).
@@ -279,6 +349,13 @@ class Backend:
 
         key = next((k for k, b in _instances.items() if b is self), self.name)
         return get, (key,)
+
+
+def _check_rng_state(state) -> None:
+    if state is not None and not isinstance(state, dict):
+        msg = (f"`set_device_rng_state` expects a dict from device_rng_state() or None, "
+               f"got {type(state).__name__}")
+        raise TypeError(msg)
 
 
 def _np_dtype(dtype):

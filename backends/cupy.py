@@ -7,6 +7,8 @@ import contextlib
 import ctypes
 import os
 
+import numpy as np
+
 from ._base import Backend, BackendNotInstalledError, CUDADeviceError
 
 
@@ -85,6 +87,43 @@ class CupyBackend(Backend):
         gen = self._device_generator(cupy.random.default_rng)
         u = gen.random(tuple(shape), dtype=cupy.float32)
         return (u < p_keep).astype(self.dtype(dtype))
+
+    def device_rng_state(self):
+        """The cuRAND states of the Generator's XORWOW bit generator (one per thread
+        of its kernels, megabytes: copied to the host, base64) and its seed.
+        CuPy keeps them in the private `bit_generator._state` array, the whole
+        state of its draws; None where a CuPy version lacks it, once masks were
+        drawn (a checkpoint then resumes them only from a seed)."""
+        return self._device_rng_snapshot("cuda", self._state_bytes)
+
+    def set_device_rng_state(self, state):
+        """The saved cuRAND states copied into a Generator made from the state's
+        seed (see Backend)."""
+        return self._device_rng_resume(state, "cuda", self._cupy.random.default_rng,
+                                       self._put_state_bytes)
+
+    def _curand_states(self, generator):
+        """The bit generator's device array of cuRAND states, or None."""
+        states = getattr(getattr(generator, "bit_generator", None), "_state", None)
+        return states if isinstance(states, self._cupy.ndarray) else None
+
+    def _state_bytes(self, generator):
+        states = self._curand_states(generator)
+        return None if states is None else self._cupy.asnumpy(states).tobytes()
+
+    def _put_state_bytes(self, generator, raw: bytes) -> None:
+        cupy = self._cupy
+        states = self._curand_states(generator)
+        if states is None or states.nbytes != len(raw):
+            have = "no cuRAND state array" if states is None else f"{states.nbytes} bytes"
+            msg = (
+                f"backend 'cupy': the saved generator state has {len(raw)} bytes, this "
+                f"CuPy {cupy.__version__} generator has {have}; the masks cannot be "
+                "resumed exactly: restore with rng=False or retrain from the seed"
+            )
+            raise ValueError(msg)
+        host = np.frombuffer(raw, dtype=states.dtype).reshape(states.shape)
+        states[...] = cupy.asarray(host)
 
     def synchronize(self):
         self._cupy.cuda.get_current_stream().synchronize()

@@ -5,7 +5,7 @@ array-api-compat's wrapper would add a Python call to every operation.
 """
 import numpy as np
 
-from ._base import Backend, host_rng
+from ._base import Backend, host_rng, to_host
 
 
 class NumpyBackend(Backend):
@@ -28,7 +28,8 @@ class NumpyBackend(Backend):
         return super().asarray(obj, dtype)
 
     def to_numpy(self, x):
-        return np.asarray(x)
+        """`x` itself for a NumPy array; other arrays (torch with grad, CuPy) via to_host."""
+        return x if isinstance(x, np.ndarray) else to_host(x)
 
     def device_bernoulli(self, p_keep, shape, dtype="float32"):
         """The fallback's host draws (same masks as array-api-strict), without the copy."""

@@ -59,9 +59,36 @@ class TorchBackend(Backend):
     def _make_generator(self, seed):
         return self._torch.Generator(device=self.device).manual_seed(seed)
 
+    def device_rng_state(self):
+        """The torch.Generator's `get_state()` bytes (base64), its seed and device
+        type: CPU (Mersenne Twister, 5056 bytes) and CUDA (seed and offset) states
+        do not fit each other's generators."""
+        return self._device_rng_snapshot(self.device.type, _generator_bytes)
+
+    def set_device_rng_state(self, state):
+        """`set_state` on a generator made from the state's seed (see Backend)."""
+        return self._device_rng_resume(state, self.device.type, self._make_generator,
+                                       self._put_generator_bytes)
+
+    def _put_generator_bytes(self, generator, raw: bytes) -> None:
+        torch = self._torch
+        size = generator.get_state().numel()
+        if len(raw) != size:
+            msg = (
+                f"backend 'torch': the saved {self.device.type} generator state has {len(raw)} "
+                f"bytes, this torch {torch.__version__} generator needs {size}; the masks "
+                "cannot be resumed exactly: restore with rng=False or retrain from the seed"
+            )
+            raise ValueError(msg)
+        generator.set_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+
     def synchronize(self):
         if self.device.type == "cuda":
             self._torch.cuda.synchronize()
+
+
+def _generator_bytes(generator) -> bytes:
+    return generator.get_state().numpy().tobytes()
 
 
 def load():

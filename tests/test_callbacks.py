@@ -285,6 +285,16 @@ def test_layer_stats_do_not_change_the_trajectory(backend):
     assert inspected.model.training
 
 
+def test_layer_stats_restore_each_layers_mode(backend):
+    trainer = make_trainer(backend, extra_layers=[lambda b: backendnn.Dropout(0.3, backend=b)])
+    model = trainer.model
+    model.layers[0].eval()
+    modes = [layer.training for layer in model.layers]
+    X, y = data(8)
+    LayerStats().record(model, *Dataset(X, y).on(model.backend))
+    assert [layer.training for layer in model.layers] == modes == [False, True, True, True]
+
+
 def test_layer_stats_every_and_explicit_probe(tmp_path):
     X, y = data(20, seed=9)
     stats = LayerStats(data=(X, y), n_samples=5, every=2)

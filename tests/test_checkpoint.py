@@ -1,5 +1,6 @@
 """Checkpoints: safetensors files any reader can open, exact resume on any backend,
 atomic writes, and errors that name the tensor and the shapes."""
+import json
 import os
 
 import numpy as np
@@ -476,3 +477,183 @@ def test_missing_safetensors_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "safetensors", None)
     with pytest.raises(ImportError, match=r"pip install 'backendnn\[io\]'"):
         save(make_model("numpy"), tmp_path / "m.safetensors")
+
+
+# --- the device generator (torch's and CuPy's Dropout masks) -------------------------
+
+def make_dropout_model(backend):
+    layers = [Linear(N_IN, 8, backend=backend), ReLU(backend=backend),
+              backendnn.Dropout(0.3, backend=backend), Linear(8, N_CLASSES, backend=backend)]
+    return Sequential(layers, CrossEntropy(backend=backend))
+
+
+def dropout_runs(backend, path):
+    """(5 epochs straight, 4 epochs saved to `path`) with Dropout, both from seed 3."""
+    backendnn.seed(3)
+    straight = make_trainer(make_dropout_model(backend), "sgd_momentum")
+    straight.train(5, log_level=0)
+    backendnn.seed(3)
+    first = make_trainer(make_dropout_model(backend), "sgd_momentum")
+    first.train(4, log_level=0)
+    save(first.model, path, trainer=first)
+    return straight, first
+
+
+def resume(path, backend):
+    backendnn.seed(99)   # a fresh process: other host and device generators
+    backends.host_rng().random(5)
+    backend.device_bernoulli(0.5, (3, 3))
+    resumed = make_trainer(load(path, backend=backend), "sgd_momentum")
+    restore(path, trainer=resumed)
+    resumed.train(1, log_level=0)
+    return resumed
+
+
+@pytest.fixture(params=["torch", "cupy"])
+def device_backend(request):
+    """Each backend whose Dropout masks come from a device generator."""
+    backend = backend_or_skip(request.param)
+    assert backend.device_rng_state() is not None
+    return backend
+
+
+def test_resume_with_dropout_equals_training_straight(backend, tmp_path):
+    """Dropout's masks resume too: from the host generator (NumPy, array-api-strict)
+    or from the device generator saved in the file (torch, CuPy)."""
+    path = tmp_path / "run.safetensors"
+    straight, _ = dropout_runs(backend, path)
+    resumed = resume(path, backend)
+    assert resumed.history == straight.history
+    for got, want in zip(weights(resumed.model), weights(straight.model)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_the_device_rng_state_is_what_makes_a_dropout_resume_exact(device_backend, tmp_path, monkeypatch):
+    backend = device_backend
+    path = tmp_path / "run.safetensors"
+    straight, _ = dropout_runs(backend, path)
+    saved = read_metadata(path)["device_rng"]
+    assert saved["backend"] == backend.name and saved["seed"] == 3
+    assert isinstance(saved["state"], str), "the generator drew masks: its bytes are saved"
+    monkeypatch.setattr(type(backend), "set_device_rng_state", lambda self, state: False)
+    resumed = resume(path, backend)
+    assert resumed.history[:4] == straight.history[:4]
+    assert resumed.history[-1]["loss"] != straight.history[-1]["loss"]
+
+
+def test_host_generator_backends_save_no_device_state(tmp_path):
+    b = backends.get("numpy")
+    assert b.device_rng_state() is None and b.set_device_rng_state(None) is False
+    save(make_dropout_model(b), tmp_path / "m.safetensors")
+    assert "device_rng" not in read_metadata(tmp_path / "m.safetensors")
+
+
+@pytest.mark.parametrize("dst", ["numpy", "array_api_strict"])
+def test_device_state_of_another_backend_is_skipped(dst, tmp_path):
+    """A torch checkpoint resumes on NumPy: weights, optimiser and batch order
+    continue; torch's masks cannot, so its device state is left unused."""
+    src, dst = backend_or_skip("torch"), backend_or_skip(dst)
+    path = tmp_path / "run.safetensors"
+    straight, first = dropout_runs(src, path)
+    assert read_metadata(path)["device_rng"]["backend"] == "torch"
+    backendnn.seed(99)
+    resumed = make_trainer(load(path, backend=dst), "sgd_momentum")
+    restore(path, trainer=resumed)
+    np.testing.assert_array_equal(weights(resumed.model)[0], weights(first.model)[0])
+    resumed.train(1, log_level=0)
+    assert [r["epoch"] for r in resumed.history] == [0, 1, 2, 3, 4]
+    assert np.isfinite(resumed.history[-1]["loss"])
+
+
+def test_a_device_state_that_does_not_fit_is_a_checkpoint_error(tmp_path):
+    b = backend_or_skip("torch")
+    path = tmp_path / "run.safetensors"
+    dropout_runs(b, path)
+    with safetensors.safe_open(str(path), framework="np") as f:
+        meta = dict(f.metadata())
+        arrays = {k: f.get_tensor(k) for k in f.keys()}
+    state = read_metadata(path)["device_rng"]
+    meta["device_rng"] = checkpoint._dumps({**state, "state": state["state"][:-8]})
+    safetensors.numpy.save_file(arrays, str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match="device RNG state does not fit backend 'torch'"):
+        restore(path, model=load(path, backend=b))
+
+
+# --- device_rng_state / set_device_rng_state round trips ----------------------------
+
+def masks(backend, n=3):
+    return [backend.to_numpy(backend.device_bernoulli(0.5, (8, 8))) for _ in range(n)]
+
+
+def test_device_state_round_trips_through_json(device_backend):
+    backend = device_backend
+    backendnn.seed(5)
+    masks(backend, 2)
+    state = json.loads(json.dumps(backend.device_rng_state()))
+    want = masks(backend)
+    backendnn.seed(6)
+    masks(backend, 1)
+    assert backend.set_device_rng_state(state) is True
+    for got, expected in zip(masks(backend), want):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_a_fresh_generator_is_saved_as_its_seed(device_backend):
+    """Before the first mask after seed(), the state is the seed alone; restoring it
+    starts that seed's stream whatever the current seed is."""
+    backend = device_backend
+    backendnn.seed(5)
+    state = backend.device_rng_state()
+    assert state["seed"] == 5 and state["state"] is None
+    want = masks(backend)
+    backendnn.seed(6)
+    assert backend.set_device_rng_state(state) is True
+    for got, expected in zip(masks(backend), want):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_seed_after_a_restore_starts_the_seed_stream_again(device_backend):
+    backend = device_backend
+    backendnn.seed(5)
+    masks(backend, 2)
+    state = backend.device_rng_state()
+    backendnn.seed(7)
+    want = masks(backend)
+    backendnn.seed(5)
+    backend.set_device_rng_state(state)
+    backendnn.seed(7)
+    for got, expected in zip(masks(backend), want):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_restored_seed_is_kept_in_the_next_state(device_backend):
+    backend = device_backend
+    backendnn.seed(5)
+    masks(backend, 1)
+    state = backend.device_rng_state()
+    backendnn.seed(9)
+    backend.set_device_rng_state(state)
+    assert backend.device_rng_state()["seed"] == 5
+
+
+def test_device_states_that_do_not_apply_are_refused_or_skipped(device_backend):
+    backend = device_backend
+    backendnn.seed(5)
+    masks(backend, 1)
+    state = backend.device_rng_state()
+    want = masks(backend)
+    backendnn.seed(5)
+    masks(backend, 1)
+    assert backend.set_device_rng_state(None) is False
+    assert backend.set_device_rng_state({**state, "backend": "other"}) is False
+    assert backend.set_device_rng_state({**state, "device": "elsewhere"}) is False
+    with pytest.raises(ValueError, match="bytes"):
+        backend.set_device_rng_state({**state, "state": state["state"][:-8]})
+    with pytest.raises(ValueError, match="not base64"):
+        backend.set_device_rng_state({**state, "state": "#not base64#"})
+    with pytest.raises(ValueError, match="'seed' must be a non-negative int"):
+        backend.set_device_rng_state({**state, "seed": -1})
+    with pytest.raises(TypeError, match="expects a dict"):
+        backend.set_device_rng_state("state")
+    for got, expected in zip(masks(backend), want):   # nothing above changed the stream
+        np.testing.assert_array_equal(got, expected)

@@ -95,6 +95,7 @@ def test_other_optimizers(optimizer, tmp_path, capsys):
     (["--layers", "3,8,4"], r"last size must be the number of classes, 3"),
     (["--layers", "3,x,3"], r"expected sizes like 64,32,10"),
     (["--target", "nope"], r"no column named 'nope'"),
+    (["--target", "7"], r"target column 7 is out of range for 4 columns"),
     (["--val-fraction", "1.0"], r"--val-fraction must be in \[0, 1\)"),
     (["--batch-size", "0"], r"--batch-size must be >= 1"),
     (["--target", "a", "--layers", "3,4,2"], r"last size must be the number of targets, 1"),

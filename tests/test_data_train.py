@@ -238,6 +238,19 @@ def test_evaluate_returns_python_floats(backend, rng):
     np.testing.assert_allclose(metric, np.mean((p > 0.5) == y), rtol=1e-6)
 
 
+def test_evaluate_restores_each_layers_mode(backend, rng):
+    """A layer the user froze in eval mode must not switch the others off after evaluate."""
+    X, y = blobs(rng, n=16)
+    with backendnn.use_backend(backend):
+        model = Sequential([Linear(3, 4), backendnn.BatchNorm1d(4), backendnn.Dropout(0.5),
+                            Linear(4, 1), Sigmoid()], BinaryCrossEntropy())
+    model.layers[1].eval()
+    dl = DataLoader(Dataset(X, y), batch_size=8)
+    modes = [layer.training for layer in model.layers]
+    Trainer(model, SGD(model, lr=0.1), dl, progress=False).evaluate(dl)
+    assert [layer.training for layer in model.layers] == modes == [True, False, True, True, True]
+
+
 # --- accuracy -----------------------------------------------------------------------------
 
 def test_accuracy_binary(backend):
@@ -259,8 +272,10 @@ def test_accuracy_multiclass_labels_and_one_hot(backend, rng):
     expected = np.mean(logits.argmax(axis=1) == labels)
     by_label = accuracy(backend.asarray(logits), backend.asarray(labels))
     by_one_hot = accuracy(backend.asarray(logits), backend.asarray(np.eye(4, dtype=np.float32)[labels]))
+    by_column = accuracy(backend.asarray(logits), backend.asarray(labels[:, None]))
     assert float(by_label) == pytest.approx(expected)
     assert float(by_one_hot) == pytest.approx(expected)
+    assert float(by_column) == pytest.approx(expected)  # (batch, 1) labels, as CrossEntropy takes
     assert expected >= 0.5
 
 

@@ -113,3 +113,27 @@ def test_gradcheck_catches_a_wrong_backward(backend, rng):
     assert report["0.Linear.weights"] > 1e-2
     assert report["input"] > 1e-2
     assert report["2.Linear.weights"] < TOL  # layers after the wrong one are still right
+
+
+def test_gradcheck_leaves_the_random_generators_as_they_were(backend):
+    """gradcheck in train mode draws a Dropout mask; a later run must not notice."""
+    from backendnn import Dropout
+    from backendnn.backends import host_rng
+
+    def masks():
+        layer = Dropout(0.5, backend=backend)
+        x = backend.asarray(np.ones((4, 6), dtype=np.float32))
+        return [backend.to_numpy(layer(x)) for _ in range(2)]
+
+    model = Sequential([Linear(6, 5, backend=backend), Dropout(0.5, backend=backend),
+                        Linear(5, 2, backend=backend)], MeanSquaredError(backend=backend))
+    x = np.random.default_rng(0).normal(size=(4, 6))
+    y = np.random.default_rng(1).normal(size=(4, 2))
+    backendnn.seed(3)
+    expected, host = masks(), host_rng().random()
+    backendnn.seed(3)
+    gradcheck(model, x, y, mode="train")
+    got = masks()
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+    assert host_rng().random() == host

@@ -131,6 +131,20 @@ def test_linear_takes_a_name_or_a_callable(backend, dtype):
     assert Linear(3, 2, init=init.xavier_normal, backend=backend).init == "xavier_normal"
 
 
+def test_linear_casts_a_callables_numpy_float64_to_its_dtype(backend):
+    def host_normal(shape, *, backend=None, dtype="float32"):
+        return host_rng().normal(size=shape)  # float64 NumPy, whatever is asked
+
+    layer = Linear(3, 2, init=host_normal, backend=backend)
+    assert backend.owns(layer.weights) and layer.weights.dtype == backend.dtype("float32")
+    def torch_layout(shape, **kw):
+        return host_normal(shape[::-1])
+
+    with pytest.raises(ValueError, match=r"torch_layout returned weights of shape \(2, 3\), "
+                                         r"expected \(3, 2\)"):
+        Linear(3, 2, init=torch_layout, backend=backend)
+
+
 def test_calculate_gain_matches_torch():
     torch = pytest.importorskip("torch")
     for name in ("linear", "sigmoid", "tanh", "relu", "selu", "conv2d"):

@@ -139,6 +139,45 @@ def test_to_with_dtype(backend):
     assert out.dtype == backend.dtype("float64")
 
 
+@pytest.mark.parametrize("dtype, error", [("int32", TypeError), ("no_such_dtype", TypeError)])
+def test_failed_to_leaves_the_model_where_it_was(backend, dtype, error):
+    model = two_layer(backend)
+    with pytest.raises(error):
+        model.to(backend.name, dtype)
+    assert model.backend is backend and model.dtype == "float32"
+    out = model(backend.asarray(np.ones((2, 4), dtype=np.float32)))
+    assert out.dtype == backend.dtype("float32")
+
+
+def test_to_a_backend_without_the_dtype_moves_nothing(backend):
+    strict = backends.get("array_api_strict")  # has no float16
+    model = two_layer(backend)
+    with pytest.raises(TypeError, match="float16"):
+        model.to(strict, "float16")
+    assert model.backend is backend and model.dtype == "float32"
+    assert all(layer.backend is backend for layer in model.layers)
+
+
+@pytest.mark.parametrize("source", ["numpy", "array_api_strict", "torch"])
+def test_to_another_backend_copies_so_training_leaves_the_old_arrays(backend, source):
+    try:
+        source_backend = backends.get(source)
+    except backends.BackendUnavailableError as e:
+        pytest.skip(str(e))
+    if source_backend is backend:
+        pytest.skip("no move")
+    model = two_layer(source_backend, MeanSquaredError())
+    old = [p.value for p in model.parameters()]
+    snapshot = [np.array(source_backend.to_numpy(a), copy=True) for a in old]
+    model.to(backend.name)
+    model.loss(backend.asarray(np.ones((3, 4), dtype=np.float32)),
+               backend.asarray(np.full((3, 1), 5.0, dtype=np.float32)))
+    model.backward()
+    backendnn.SGD(model, lr=0.5).step()
+    for a, before in zip(old, snapshot):
+        np.testing.assert_array_equal(source_backend.to_numpy(a), before)
+
+
 def test_float64_model_stays_float64(backend, rng):
     with backendnn.use_backend(backend):
         model = Sequential([Linear(3, 4, dtype="float64"), Tanh(), Linear(4, 2, dtype="float64")],
@@ -270,3 +309,10 @@ def test_mlp_output_activation(backend, output_activation, last):
                 backend=backend)
     assert type(model.layers[-1]).__name__ == last
     assert [type(layer).__name__ for layer in model.layers[:2]] == ["Linear", "ReLU"]
+
+
+def test_layers_of_different_dtypes_are_refused(backend):
+    layers = [Linear(3, 4, dtype="float64", backend=backend), ReLU(backend=backend),
+              Linear(4, 2, backend=backend)]
+    with pytest.raises(TypeError, match=r"different dtypes \['float32', 'float64'\]"):
+        Sequential(layers, MeanSquaredError(backend=backend))

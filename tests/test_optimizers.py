@@ -336,6 +336,32 @@ def test_bad_hyperparameters_are_refused_with_the_name(cls, kwargs, error, match
         cls(small_model("numpy"), **kwargs)
 
 
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_numpy_scalar_options_do_not_make_float64(backend, rng, case):
+    """lr=np.float64(...) from a NumPy grid is a Python float inside: it neither
+    promotes the float32 state (NumPy) nor breaks array-api-strict."""
+    cls, config = case
+    config = {k: (np.float64(v) if isinstance(v, float) else v) for k, v in config.items()}
+    model = small_model(backend)
+    opt = cls(model, **config)
+    opt.lr = np.float32(0.01)
+    for group in opt.param_groups:
+        for key, value in group.items():
+            if key != "params":
+                assert type(value) in (bool, int, float, tuple), (key, type(value))
+    for scale in SCALES[:2]:
+        set_grads(backend, model, rng, scale)
+        opt.step()
+    for p, state in zip(model.parameters(), opt.state):
+        assert p.value.dtype == backend.dtype("float32")
+        for key, value in state.items():
+            if key != "step":
+                assert value.dtype == backend.dtype("float32"), key
+    norm = clip_grad_norm(model, np.float64(1e-3))
+    assert norm.dtype == backend.dtype("float32")
+    assert all(p.grad.dtype == backend.dtype("float32") for p in model.parameters())
+
+
 def test_bad_parameter_groups_are_refused():
     model = small_model("numpy")
     first, last = model.layers[0], model.layers[2]

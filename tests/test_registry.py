@@ -123,6 +123,7 @@ def test_asarray_from_a_torch_tensor_that_requires_grad(backend):
     torch = pytest.importorskip("torch")
     t = torch.arange(3, dtype=torch.float32, requires_grad=True)
     np.testing.assert_array_equal(backend.to_numpy(backend.asarray(t)), [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(backend.to_numpy(t), [0.0, 1.0, 2.0])  # any array, as to_host
 
 
 def test_copy_and_pickle_give_the_registered_instance(backend):

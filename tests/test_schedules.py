@@ -207,3 +207,17 @@ def test_trainer_steps_the_schedule_once_per_epoch(backend, rng):
     assert_close(trainer.train(3, log_level=0).column("lr"), [0.05, 0.0375, 0.025])
     with pytest.raises(TypeError, match="`scheduler` must be a schedule"):
         backendnn.Trainer(model, opt, dl, scheduler="cosine")
+
+
+def test_numpy_gamma_keeps_the_rate_a_python_float(backend, rng):
+    """A NumPy float64 factor must not turn the rate into np.float64, which would make
+    SGD's step float64 on NumPy and fail on array-api-strict."""
+    model = model_on(backend)
+    opt = SGD(model, lr=0.1)
+    sched = ExponentialLR(opt, gamma=np.float64(0.5))
+    sched.step()
+    assert type(opt.lr) is float and all(type(lr) is float for lr in sched.get_last_lr())
+    for p in model.parameters():
+        setattr(p.layer, p.grad_name, model.backend.asarray(rng.normal(size=p.shape), dtype="float32"))
+    opt.step()
+    assert all(p.value.dtype == model.backend.dtype("float32") for p in model.parameters())

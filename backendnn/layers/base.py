@@ -95,13 +95,18 @@ class Layer:
         return self.train(False)
 
     def to(self, backend, dtype: str | None = None):
-        """Move parameters and buffers to `backend` (and `dtype`); drops forward caches."""
+        """Move parameters and buffers to `backend` (and `dtype`); drops forward caches.
+
+        Arrays moved to another backend are copies: a zero-copy DLPack move would let
+        the in-place optimiser steps here write into the arrays left behind."""
         backend = get_backend(backend)
         dtype = self.dtype if dtype is None else _dtype_name(dtype)
+        copy = backend is not self.backend
         for name in self.param_names + self.buffer_names:
             value = getattr(self, name, None)
             if value is not None:
-                setattr(self, name, backend.asarray(value, dtype=dtype))
+                value = backend.asarray(value, dtype=dtype)
+                setattr(self, name, backend.xp.asarray(value, copy=True) if copy else value)
         for name in self.grad_names:
             setattr(self, name, None)
         self.backend, self.dtype = backend, dtype

@@ -15,7 +15,8 @@ class Dropout(Layer):
     Masks come from the backend's `device_bernoulli`, whose generator follows
     `backendnn.seed`: NumPy and array-api-strict draw the same masks from the
     seeded host generator; torch and CuPy draw on their device, reproducibly for
-    a seed on one backend and device, but not the NumPy masks.
+    a seed on one backend and device, but not the NumPy masks. Checkpoints save the
+    device generator's state, so a resume on the same backend and device is exact.
     `backward` multiplies by the mask of the last forward pass.
     `hold_mask = True` (set by `gradcheck` in train mode) reuses the last mask
     while the input shape stays the same, making the layer deterministic.

@@ -46,8 +46,16 @@ class Linear(Layer):
 
     def reset_parameters(self) -> None:
         """Weights from the initialiser (default: uniform in ±1/sqrt(n_inp)), bias zero."""
-        self.weights = self._init_fn((self.n_inp, self.n_out), backend=self.backend,
-                                     dtype=self.dtype)
+        shape = (self.n_inp, self.n_out)
+        weights = self._init_fn(shape, backend=self.backend, dtype=self.dtype)
+        # a user's initialiser may return NumPy float64 or the torch layout (n_out, n_inp)
+        weights = self.backend.asarray(weights, dtype=self.dtype)
+        if tuple(weights.shape) != shape:
+            fn = getattr(self._init_fn, "__name__", repr(self._init_fn))
+            msg = (f"Linear: the initialiser {fn} returned weights of shape "
+                   f"{tuple(weights.shape)}, expected {shape} (n_inp, n_out)")
+            raise ValueError(msg)
+        self.weights = weights
         self.bias = self.xp.zeros((self.n_out,), dtype=self.backend.dtype(self.dtype),
                                   device=self.backend.device)
 

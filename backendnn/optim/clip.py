@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 from ..layers.base import Param
 
@@ -27,10 +28,11 @@ def clip_grad_norm(params, max_norm: float, norm_type: float = 2.0, *, eps: floa
         msg = ("clip_grad_norm: `params` must be a model, a layer or backendnn Params, "
                f"got {', '.join(kinds)}")
         raise TypeError(msg)
-    ok = isinstance(max_norm, (int, float)) and not isinstance(max_norm, bool) and max_norm > 0
+    ok = isinstance(max_norm, numbers.Real) and not isinstance(max_norm, bool) and max_norm > 0
     if not ok:
         msg = f"clip_grad_norm: `max_norm` must be a number > 0, got {max_norm!r}"
         raise ValueError(msg)
+    max_norm = float(max_norm)  # a NumPy float64 would make the scale factor float64
     ok = isinstance(norm_type, (int, float)) and not isinstance(norm_type, bool) and norm_type > 0
     if not ok:
         msg = f"clip_grad_norm: `norm_type` must be a number > 0 or math.inf, got {norm_type!r}"

@@ -1,6 +1,8 @@
 """The `Optimizer` base: parameter groups, lazily made per-parameter state, state_dict."""
 from __future__ import annotations
 
+import numbers
+
 from ..backends import get_backend
 from ..layers.base import Param
 
@@ -90,7 +92,7 @@ class Optimizer:
                 msg = f"{name}: {p!r} appears in more than one parameter group"
                 raise ValueError(msg)
             seen.add(key)
-        group = {**self.defaults, **{key: v for key, v in spec.items() if key != "params"}}
+        group = {key: _plain(v) for key, v in {**self.defaults, **spec}.items() if key != "params"}
         self._check_group(group, owner)
         group["params"] = params
         return group
@@ -136,6 +138,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value: float) -> None:
+        value = _plain(value)
         _check(type(self).__name__, "lr", value)
         for group in self.param_groups:
             group["lr"] = value
@@ -284,8 +287,13 @@ def _is_scalar(value) -> bool:
 
 
 def _plain(value):
-    """A loaded option as a Python value (lists from JSON back to tuples)."""
-    return tuple(value) if isinstance(value, list) else value
+    """An option as a Python value: lists (from JSON) as tuples, and NumPy or other
+    real scalars as Python int or float, which never promote float32 arrays."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def _check(owner: str, name: str, value, *, lower: float = 0.0, upper: float | None = None,

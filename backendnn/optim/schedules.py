@@ -58,9 +58,10 @@ class LRScheduler:
         """Advance one epoch and set each group's learning rate."""
         self.last_epoch += 1
         lrs = self._next_lrs()
+        lrs = [float(lr) for lr in lrs]  # a NumPy gamma must not make the rate float64
         for group, lr in zip(self.optimizer.param_groups, lrs):
             group["lr"] = lr
-        self._last_lr = list(lrs)
+        self._last_lr = lrs
 
     def get_lr(self) -> list[float]:
         """This schedule's rate for each group at `last_epoch`, in closed form from
