@@ -327,14 +327,15 @@ def _env(threads: int) -> dict:
     return env
 
 
-class _Worker:
-    def __init__(self, name: str, case: str, threads: int):
+class Worker:
+    """A contender in its own process (`cmd`), which answers one JSON line when ready
+    (`ready`) and then times a block of steps per `run` request over its pipe."""
+
+    def __init__(self, name: str, cmd: list, env=None):
         self.name = name
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--case", case,
-               "--threads", str(threads)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     env=_env(threads), text=True, bufsize=1)
-        self.threads = self._read()["threads"]
+                                     env=env, text=True, bufsize=1)
+        self.ready = self._read()
 
     def _read(self) -> dict:
         line = self.proc.stdout.readline()
@@ -360,7 +361,9 @@ def time_case(case: str, contenders, rounds: int, threads: int, seconds: float,
     workers = []
     try:
         for name in contenders:
-            workers.append(_Worker(name, case, threads))
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--case", case,
+                   "--threads", str(threads)]
+            workers.append(Worker(name, cmd, env=_env(threads)))
         times = {w.name: [] for w in workers}
         n_min, n_max = (2, 2000) if case != "wide" else (2, 50)
         for r in range(rounds):
@@ -370,7 +373,7 @@ def time_case(case: str, contenders, rounds: int, threads: int, seconds: float,
                 times[w.name] += w.run(seconds, n_min, n_max, warmup=2)
             log(f"  {case} round {r + 1}/{rounds}: " + ", ".join(
                 f"{n} {statistics.median(t) * 1e3:.3f} ms" for n, t in times.items()))
-        return {w.name: {"times": times[w.name], "threads": w.threads} for w in workers}
+        return {w.name: {"times": times[w.name], "threads": w.ready["threads"]} for w in workers}
     finally:
         for w in workers:
             w.close()

@@ -297,39 +297,13 @@ def _send(obj) -> None:
 
 
 # --- driver side -----------------------------------------------------------------
-class _Worker:
-    def __init__(self, name: str, case: str):
-        self.name = name
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--case", case]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, bufsize=1)
-        ready = self._read()
-        self.info = ready["info"]
-
-    def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            msg = f"worker {self.name!r} exited with {self.proc.wait()} (see its stderr above)"
-            raise RuntimeError(msg)
-        return json.loads(line)
-
-    def run(self, seconds: float, n_min: int, n_max: int, warmup: int) -> list[float]:
-        self.proc.stdin.write(f"run {seconds} {n_min} {n_max} {warmup}\n")
-        return self._read()["times"]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.close()
-            self.proc.wait()
-
-
 def time_case(case: str, contenders, rounds: int, seconds: float, log) -> dict:
     """Per contender: every step time (ms) over `rounds` alternated blocks, and its info."""
     workers = []
     try:
         for name in contenders:
-            workers.append(_Worker(name, case))
+            cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--case", case]
+            workers.append(CPU.Worker(name, cmd))
         times = {w.name: [] for w in workers}
         n_max = 20 if case == "huge" else 5000
         for r in range(rounds):
@@ -338,7 +312,7 @@ def time_case(case: str, contenders, rounds: int, seconds: float, log) -> dict:
                 times[w.name] += w.run(seconds, 3, n_max, warmup=2 if case == "huge" else 10)
             log(f"  {case} round {r + 1}/{rounds}: " + ", ".join(
                 f"{n} {statistics.median(t):.3f} ms" for n, t in times.items()))
-        return {w.name: {"times": times[w.name], "info": w.info} for w in workers}
+        return {w.name: {"times": times[w.name], "info": w.ready["info"]} for w in workers}
     finally:
         for w in workers:
             w.close()
