@@ -56,7 +56,12 @@ class _Monitor(Callback):
         self.monitor, self.mode, self.min_delta = monitor, mode, float(min_delta)
         self.best = None
 
-    def _value(self, logs: dict) -> float:
+    def _value(self, logs: dict, trainer=None) -> float:
+        if self.monitor == "val_metric" and getattr(trainer, "metric", False) is None:
+            msg = (f"{type(self).__name__}: monitors 'val_metric', but the Trainer has no "
+                   "metric (its val_metric is always NaN): pass metric= to the Trainer, or "
+                   "monitor 'val_loss'")
+            raise ValueError(msg)
         if self.monitor not in logs:
             hint = " (pass a validation loader to the Trainer)" if self.monitor.startswith("val_") else ""
             msg = (
@@ -84,8 +89,8 @@ class EarlyStopping(_Monitor):
         patience: epochs without improvement before stopping.
         min_delta: the least change that counts as an improvement.
         mode: "min", "max", or "auto" (max for names with "acc" or "metric", else min).
-        restore_best_weights: on stopping, put back the weights of the best epoch
-            (kept as device copies, no host transfer).
+        restore_best_weights: on stopping, put back the weights and buffers (running
+            statistics) of the best epoch (kept as device copies, no host transfer).
 
     Attributes: best, best_epoch, stopped_epoch (None unless it stopped training).
     """
@@ -105,20 +110,19 @@ class EarlyStopping(_Monitor):
         self._weights = None
 
     def on_epoch_end(self, trainer, logs):
-        value = self._value(logs)
+        value = self._value(logs, trainer)
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, logs.get("epoch"), 0
             if self.restore_best_weights:
-                xp = trainer.model.backend.xp
-                self._weights = [xp.asarray(p.value, copy=True) for p in trainer.model.parameters()]
+                self._weights = _snapshot(trainer.model)
             return
         self.wait += 1
         if self.wait >= self.patience:
             trainer.stop_training = True
             self.stopped_epoch = logs.get("epoch")
             if self._weights is not None:
-                for p, w in zip(trainer.model.parameters(), self._weights):
-                    p.value = w
+                for layer, name, value in self._weights:
+                    setattr(layer, name, value)
 
     def __repr__(self):
         return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, "
@@ -144,11 +148,20 @@ class ModelCheckpoint(_Monitor):
         self.path, self.save_best_only = os.fspath(path), bool(save_best_only)
         self.last_path = None
 
+    def on_train_begin(self, trainer):
+        """A trainer resumed from a checkpoint brings its history: the best value so far
+        comes from it, so the first resumed epoch does not overwrite a better file."""
+        if self.best is None and self.save_best_only:
+            for row in trainer.history:
+                value = row.get(self.monitor)
+                if isinstance(value, (int, float)) and self._improved(float(value)):
+                    self.best = float(value)
+
     def on_epoch_end(self, trainer, logs):
         from .checkpoint import save
 
         if self.save_best_only:
-            value = self._value(logs)
+            value = self._value(logs, trainer)
             if not self._improved(value):
                 return
             self.best = value
@@ -159,6 +172,15 @@ class ModelCheckpoint(_Monitor):
     def __repr__(self):
         return (f"ModelCheckpoint({self.path!r}, monitor={self.monitor!r}, "
                 f"save_best_only={self.save_best_only})")
+
+
+def _snapshot(model) -> list:
+    """(layer, name, device copy) of every parameter and buffer of `model`."""
+    xp = model.backend.xp
+    return [(layer, name, xp.asarray(getattr(layer, name), copy=True))
+            for layer in model.layers
+            for name in (*layer.param_names, *layer.buffer_names)
+            if getattr(layer, name, None) is not None]
 
 
 class CSVLogger(Callback):

@@ -298,6 +298,7 @@ def restore(path, *, model=None, optimizer=None, trainer=None, rng: bool = True)
         model = model if hasattr(model, "layers") else None
     with _open(path) as f:
         meta = _metadata(path, f)
+        _check_fits(path, meta, optimizer, trainer)
         if model is not None:
             _load_weights(path, f, model, meta.get("model"))
         array = _reader(path, f, model.backend if model is not None else get_backend())
@@ -457,7 +458,16 @@ def _load_weights(path, f, model, spec) -> None:
         setattr(layer, name, value)
 
 
-def _restore_optimizer(path, meta: dict, optimizer, array) -> None:
+def _check_fits(path, meta: dict, optimizer, trainer) -> None:
+    """Raise before anything is loaded when the file lacks what restore was asked for
+    or names another optimiser or schedule class, so a refused restore changes nothing."""
+    if optimizer is not None:
+        _saved_optimizer(path, meta, optimizer)
+    if trainer is not None:
+        _saved_trainer(path, meta, trainer)
+
+
+def _saved_optimizer(path, meta: dict, optimizer) -> dict:
     saved = meta.get("optimizer")
     if saved is None:
         msg = f"{os.fspath(path)} holds no optimiser state: it was saved without an optimizer"
@@ -468,6 +478,11 @@ def _restore_optimizer(path, meta: dict, optimizer, array) -> None:
             f"not of {type(optimizer).__name__}: build a {saved.get('class')} to resume"
         )
         raise CheckpointError(msg)
+    return saved
+
+
+def _restore_optimizer(path, meta: dict, optimizer, array) -> None:
+    saved = _saved_optimizer(path, meta, optimizer)
     try:
         optimizer.load_state_dict(_decode(saved["state"], array))
     except (KeyError, TypeError, ValueError) as e:
@@ -477,26 +492,33 @@ def _restore_optimizer(path, meta: dict, optimizer, array) -> None:
         raise CheckpointError(msg) from None
 
 
-def _restore_trainer(path, meta: dict, trainer, array) -> None:
-    from .train import History
-
+def _saved_trainer(path, meta: dict, trainer) -> dict:
     info = meta.get("trainer")
     if info is None:
         msg = f"{os.fspath(path)} holds no trainer state: it was saved without a trainer"
         raise CheckpointError(msg)
-    trainer.epoch = int(info["epoch"])
-    trainer.history = History(info.get("history", []))
     scheduler, saved = getattr(trainer, "scheduler", None), info.get("scheduler")
     if scheduler is not None and saved is not None and hasattr(scheduler, "load_state_dict"):
         if saved.get("class") != type(scheduler).__qualname__:
             msg = (f"{os.fspath(path)} holds the state of a {saved.get('class')} schedule, "
                    f"not of {type(scheduler).__name__}")
             raise CheckpointError(msg)
+    return info
+
+
+def _restore_trainer(path, meta: dict, trainer, array) -> None:
+    from .train import History
+
+    info = _saved_trainer(path, meta, trainer)
+    scheduler, saved = getattr(trainer, "scheduler", None), info.get("scheduler")
+    if scheduler is not None and saved is not None and hasattr(scheduler, "load_state_dict"):
         try:
             scheduler.load_state_dict(_decode(saved["state"], array))
         except (KeyError, TypeError, ValueError) as e:
             msg = f"{os.fspath(path)}: the schedule state does not fit {scheduler!r}: {e}"
             raise CheckpointError(msg) from None
+    trainer.epoch = int(info["epoch"])
+    trainer.history = History(info.get("history", []))
 
 
 def _restore_rng(path, meta: dict) -> None:

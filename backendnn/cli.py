@@ -126,6 +126,9 @@ def _train(args) -> int:
     X = xp.reshape(xp.astype(X, xp.float64), (X.shape[0], -1))
     labels = sorted(set(y.tolist())) if y.ndim == 1 else []
     task = args.task
+    if task == "classify" and y.ndim != 1:
+        msg = f"backendnn train: --task classify needs one target column, got y of shape {y.shape}"
+        raise SystemExit(msg)
     if task == "auto":
         integral = all(float(v).is_integer() for v in labels)
         task = "classify" if labels and integral and len(labels) <= 100 else "regress"
@@ -153,6 +156,10 @@ def _train(args) -> int:
 
     order = backends.host_rng().permutation(X.shape[0])
     n_val = int(round(args.val_fraction * X.shape[0]))
+    if n_val >= X.shape[0]:
+        msg = (f"backendnn train: --val-fraction {args.val_fraction} leaves no training "
+               f"samples of {X.shape[0]}; use a smaller fraction")
+        raise SystemExit(msg)
     val, train = order[:n_val], order[n_val:]
     scaler = StandardScaler().fit(X[train])
     X = scaler.transform(X) if args.scale else X

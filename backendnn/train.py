@@ -46,8 +46,10 @@ class Trainer:
 
     Args:
         model, optimizer: the network (with its criterion) and what updates it.
-        train_dl, val_dl: loaders of (x, y) batches; val_dl may be None. Batches go
-            to the model's backend and dtype.
+        train_dl, val_dl: loaders of (x, y) batches; val_dl may be None. A DataLoader's
+            batches go to the model's backend and dtype; any other iterable (a list of
+            (x, y) pairs) must yield arrays of the model's backend, and is iterated once
+            per epoch (a generator is used up after the first).
         metric: f(y_hat, y) -> 0-d array or float, e.g. `accuracy`; may be None.
         progress: show a tqdm bar; default: only when stderr is a terminal.
         callbacks: `Callback`s called around each epoch (backendnn.callbacks:
@@ -114,7 +116,9 @@ class Trainer:
                 n += x.shape[0]
                 bar.update()
             if not losses:
-                msg = "Trainer: the training loader yielded no batches (empty dataset, or drop_last with too few samples)"
+                msg = (f"Trainer: the training loader yielded no batches at epoch {self.epoch} "
+                       "(empty dataset, drop_last with too few samples, or a generator "
+                       "already used up: pass a list or a DataLoader)")
                 raise ValueError(msg)
             per_batch = model.backend.to_numpy(xp.stack(losses)).tolist()
             bad = [i for i, v in enumerate(per_batch) if not math.isfinite(v)]

@@ -9,6 +9,7 @@ import pytest
 import backendnn
 from backendnn import (
     SGD,
+    BatchNorm1d,
     CrossEntropy,
     DataLoader,
     Dataset,
@@ -144,6 +145,29 @@ def test_early_stopping_restores_the_best_weights(backend):
     assert not np.array_equal(rec.weights[-1][0], best[0])
 
 
+def test_early_stopping_restores_the_best_buffers_too(backend):
+    """BatchNorm's running statistics come back with the weights of the best epoch."""
+    stats = []
+
+    class Buffers(Callback):
+        def on_epoch_end(self, trainer, logs):
+            stats.append(backend.to_numpy(trainer.model.layers[2].running_mean).copy())
+
+    stop = EarlyStopping("loss", patience=2, mode="max", restore_best_weights=True)
+    trainer = make_trainer(backend, [Buffers(), stop],
+                           extra_layers=[lambda b: BatchNorm1d(8, backend=b)])
+    trainer.train(10, log_level=0)
+    assert stop.stopped_epoch == 2 and not np.array_equal(stats[-1], stats[0])
+    np.testing.assert_array_equal(backend.to_numpy(trainer.model.layers[2].running_mean), stats[0])
+
+
+def test_monitoring_val_metric_without_a_metric_is_refused():
+    trainer = make_trainer("numpy", [EarlyStopping("val_metric")])
+    trainer.metric = None
+    with pytest.raises(ValueError, match="Trainer has no metric"):
+        trainer.train(1, log_level=0)
+
+
 def test_monitoring_a_missing_value_lists_the_available_ones():
     trainer = make_trainer("numpy", [EarlyStopping("val_loss")], val=False)
     match = r"'val_loss' is not in the history row; available: \['epoch', 'loss'\].*validation loader"
@@ -192,6 +216,18 @@ def test_model_checkpoint_writes_a_resumable_checkpoint_of_the_best_epoch(backen
     resumed = make_trainer(backend)
     restore(path, trainer=resumed)
     assert resumed.epoch == 1
+
+
+def test_a_resumed_model_checkpoint_keeps_the_best_file(backend, tmp_path):
+    """After a resume, an epoch worse than the history's best does not overwrite it."""
+    path = tmp_path / "best.safetensors"
+    trainer = make_trainer(backend, [ModelCheckpoint(path, monitor="loss", mode="max")])
+    trainer.train(2, log_level=0)
+    assert read_metadata(path)["trainer"]["epoch"] == 1
+    resumed = make_trainer(backend, [ModelCheckpoint(path, monitor="loss", mode="max")])
+    restore(path, trainer=resumed)
+    resumed.train(2, log_level=0)
+    assert read_metadata(path)["trainer"]["epoch"] == 1
 
 
 def test_model_checkpoint_every_epoch(tmp_path):

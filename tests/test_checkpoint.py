@@ -453,6 +453,26 @@ def test_optimizer_state_goes_only_into_the_same_optimizer_class(tmp_path):
         restore(path, optimizer=SGD(model, lr=0.1))
 
 
+def test_a_refused_restore_changes_nothing(backend, tmp_path):
+    """Another optimiser or schedule class is refused before any weight or epoch is set."""
+    path = tmp_path / "m.safetensors"
+    trainer = make_trainer(make_model(backend), "sgd_momentum")
+    trainer.scheduler = backendnn.optim.StepLR(trainer.optimizer, step_size=1)
+    trainer.train(1, log_level=0)
+    save(trainer.model, path, trainer=trainer)
+    with_adam = make_trainer(make_model(backend), "adam")
+    with_exp = make_trainer(make_model(backend), "sgd_momentum")
+    with_exp.scheduler = backendnn.optim.ExponentialLR(with_exp.optimizer, gamma=0.5)
+    for other, match in ((with_adam, "state of a SGD optimiser"),
+                         (with_exp, "state of a StepLR schedule")):
+        before = weights(other.model)
+        with pytest.raises(CheckpointError, match=match):
+            restore(path, trainer=other)
+        assert other.epoch == 0 and other.history == []
+        for got, want in zip(weights(other.model), before):
+            np.testing.assert_array_equal(got, want)
+
+
 def test_optimizer_state_is_saved_as_tensors(tmp_path):
     trainer = make_trainer(make_model("numpy"), "sgd_momentum")
     trainer.train(1, log_level=0)

@@ -97,6 +97,7 @@ def test_other_optimizers(optimizer, tmp_path, capsys):
     (["--target", "nope"], r"no column named 'nope'"),
     (["--target", "7"], r"target column 7 is out of range for 4 columns"),
     (["--val-fraction", "1.0"], r"--val-fraction must be in \[0, 1\)"),
+    (["--val-fraction", "0.995"], r"--val-fraction 0.995 leaves no training samples of 80"),
     (["--batch-size", "0"], r"--batch-size must be >= 1"),
     (["--target", "a", "--layers", "3,4,2"], r"last size must be the number of targets, 1"),
 ])
@@ -115,6 +116,9 @@ def test_bad_data_is_explained(tmp_path, capsys):
     (tmp_path / "bad.csv").write_text("1,2,3\n4,five,6\n")
     with pytest.raises(SystemExit, match=r"bad\.csv, line 2: .*every field must be a number"):
         run(capsys, "--data", str(tmp_path / "bad.csv"))
+    np.savez(tmp_path / "y2.npz", X=np.zeros((4, 2)), y=np.zeros((4, 2), dtype=int))
+    with pytest.raises(SystemExit, match=r"--task classify needs one target column, got y of shape \(4, 2\)"):
+        run(capsys, "--data", str(tmp_path / "y2.npz"), "--task", "classify")
     (tmp_path / "d.txt").write_text("1,2\n")
     with pytest.raises(SystemExit, match=r"must be a \.csv or \.npz file"):
         run(capsys, "--data", str(tmp_path / "d.txt"))

@@ -72,7 +72,8 @@ class BatchNorm1d(Layer):
             m = x.shape[0] * (1 if x.ndim == 2 else x.shape[2])
             if m < 2:
                 msg = (f"training needs more than one value per feature, got input of "
-                       f"shape {tuple(x.shape)}: use a larger batch, or eval mode")
+                       f"shape {tuple(x.shape)}: use a larger batch, drop_last=True in the "
+                       f"DataLoader (for a last batch of one), or eval mode")
                 raise ShapeError(msg)
             mean = xp.mean(x, axis=axes)
             centred = x - self._per_feature(mean, x)
