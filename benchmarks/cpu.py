@@ -70,19 +70,21 @@ TARGETS = {  # (column, case) -> (bound, "<=" or ">=")
 
 
 # --- the contenders, built inside their worker ------------------------------------
-def _data(case: str):
-    """The same host batch for every contender: x (batch, n_in) float32, y (batch,) int64."""
+def _data(case: str, cases=None):
+    """The same host batch for every contender: x (batch, n_in) float32, y (batch,) int64.
+    `cases`: the table `case` is looked up in (default: CASES)."""
     import numpy as np
 
-    spec = CASES[case]
+    spec = (cases or CASES)[case]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((spec["batch"], spec["sizes"][0]), dtype=np.float32)
     y = rng.integers(0, spec["sizes"][-1], spec["batch"])
     return x, y
 
 
-def _backendnn_model(sizes, root=None):
-    """backendnn from `root` (default: this file's checkout), not another installed copy."""
+def _backendnn_model(sizes, root=None, backend="numpy"):
+    """The network and its SGD in backendnn from `root` (default: this file's checkout),
+    not another installed copy, on `backend`."""
     root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, root)
     import backendnn as bn
@@ -90,8 +92,8 @@ def _backendnn_model(sizes, root=None):
     bn.seed(0)
     layers = []
     for n_inp, n_out in zip(sizes[:-1], sizes[1:]):
-        layers += [bn.Linear(n_inp, n_out, backend="numpy"), bn.ReLU(backend="numpy")]
-    model = bn.Sequential(layers[:-1], bn.CrossEntropy(backend="numpy"))
+        layers += [bn.Linear(n_inp, n_out, backend=backend), bn.ReLU(backend=backend)]
+    model = bn.Sequential(layers[:-1], bn.CrossEntropy(backend=backend))
     return model, bn.SGD(model, lr=LR)
 
 
@@ -452,6 +454,11 @@ def table(rows: list[dict], markdown: bool = False) -> str:
     keep = [i for i in range(len(header)) if i == 0 or any(line[i] != "-" for line in cells)]
     header = [header[i] for i in keep]
     cells = [[line[i] for i in keep] for line in cells]
+    return render(header, cells, markdown)
+
+
+def render(header: list, cells: list, markdown: bool) -> str:
+    """A table of strings as Markdown, or as right-aligned text columns."""
     if markdown:
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(line) + " |" for line in cells]

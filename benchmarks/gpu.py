@@ -84,28 +84,6 @@ def flops(sizes, batch: int) -> int:
 
 
 # --- the contenders, built inside their worker ------------------------------------
-def _data(case: str):
-    """The same host batch for every contender: x (batch, n_in) float32, y (batch,) int64."""
-    import numpy as np
-
-    spec = CASES[case]
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((spec["batch"], spec["sizes"][0]), dtype=np.float32)
-    y = rng.integers(0, spec["sizes"][-1], spec["batch"])
-    return x, y
-
-
-def _backendnn_model(sizes, be):
-    import backendnn as bn
-
-    bn.seed(0)
-    layers = []
-    for n_inp, n_out in zip(sizes[:-1], sizes[1:]):
-        layers += [bn.Linear(n_inp, n_out, backend=be), bn.ReLU(backend=be)]
-    model = bn.Sequential(layers[:-1], bn.CrossEntropy(backend=be))
-    return model, bn.SGD(model, lr=LR)
-
-
 def _make_backendnn(sizes, x, y, graph: bool, stack):
     sys.path.insert(0, ROOT)
     from backendnn import backends
@@ -115,7 +93,7 @@ def _make_backendnn(sizes, x, y, graph: bool, stack):
     low, high = int(y.min()), int(y.max())
 
     def make():
-        model, opt = _backendnn_model(sizes, be)
+        model, opt = CPU._backendnn_model(sizes, ROOT, backend=be)
         stack.enter_context(model.criterion.labels_known(low, high))
         criterion = model.criterion
 
@@ -227,7 +205,7 @@ def _make_floor(sizes, x, y):
 
 def _make(name: str, case: str, stack):
     sizes = CASES[case]["sizes"]
-    x, y = _data(case)
+    x, y = CPU._data(case, CASES)
     if name in ("backendnn", "backendnn-graph"):
         return _make_backendnn(sizes, x, y, name.endswith("graph"), stack)
     if name in ("torch", "torch-graph"):
@@ -365,12 +343,7 @@ def table(rows: list[dict], contenders, markdown: bool = False) -> str:
         line += [f"{row[c]:.2f}{_mark(c, row['case'], row[c])}" if c in row else "-" for c in RATIOS]
         line += [f"{row[c + ' TFLOP/s']:.3g}" if c in row else "-" for c in contenders]
         cells.append(line)
-    if markdown:
-        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        out += ["| " + " | ".join(line) + " |" for line in cells]
-        return "\n".join(out)
-    widths = [max(len(r[i]) for r in [header] + cells) for i in range(len(header))]
-    return "\n".join("  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in [header] + cells)
+    return CPU.render(header, cells, markdown)
 
 
 def machine(results: dict) -> dict:

@@ -25,10 +25,30 @@ def test_cpu_benchmark_prints_its_table(tmp_path):
     assert "| tiny |" in md.read_text()
 
 
-def test_gpu_benchmark_shares_the_cpu_cases():
+def _gpu_module():
     spec = importlib.util.spec_from_file_location("bench_gpu", os.path.join(ROOT, "benchmarks", "gpu.py"))
     gpu = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu)
+    return gpu
+
+
+def test_gpu_benchmark_shares_the_cpu_cases():
+    gpu = _gpu_module()
     assert {"mlp", "tiny", "wide", "huge"} <= set(gpu.CASES)
     assert gpu.CASES["mlp"]["sizes"] == gpu.CPU.CASES["mlp"]["sizes"]
     assert gpu.CASES["huge"]["sizes"] == [8192, 8192, 8192, 10]
+
+
+def test_gpu_benchmark_table_from_given_times():
+    """The GPU table's ratios and verdicts, from made-up step times (no GPU needed)."""
+    gpu = _gpu_module()
+    results = {"wide": {"backendnn": {"times": [2.0, 2.2, 2.1]}, "torch": {"times": [2.0] * 3},
+                        "floor": {"times": [1.8] * 3}}}
+    row, = gpu.summarise(results)
+    assert row["backendnn"] == 2.1 and abs(row["backendnn/torch"] - 1.05) < 1e-12
+    text = gpu.table([row], ["backendnn", "torch", "floor"])
+    header, line = text.splitlines()
+    assert "backendnn/torch" in header and line.split()[0] == "wide"
+    assert "1.05 ok (<= 1.05)" in line
+    markdown = gpu.table([row], ["backendnn", "torch", "floor"], markdown=True)
+    assert markdown.splitlines()[1].startswith("|---|")
