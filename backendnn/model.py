@@ -128,9 +128,8 @@ class Sequential:
         backend = self.backend
         if not backend.owns(x):
             x = _same_backend(backend, x, "the input")
-        if x.dtype != backend.dtype(self.dtype):
-            x = backend.xp.astype(x, backend.dtype(self.dtype))
-        return x
+        dtype = backend.dtype(self.dtype)
+        return x if x.dtype == dtype else backend.xp.astype(x, dtype)
 
     def summary(self) -> str:
         """A table of layers with their parameter shapes and counts."""
