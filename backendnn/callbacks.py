@@ -121,8 +121,7 @@ class EarlyStopping(_Monitor):
             trainer.stop_training = True
             self.stopped_epoch = logs.get("epoch")
             if self._weights is not None:
-                for layer, name, value in self._weights:
-                    setattr(layer, name, value)
+                trainer.model.load_state_dict(self._weights)
 
     def __repr__(self):
         return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, "
@@ -140,6 +139,9 @@ class ModelCheckpoint(_Monitor):
             every epoch.
 
     Attributes: best, last_path (the file written last, or None).
+
+    Data-parallel (`Trainer(comm=...)`): rank 0 alone writes, then every rank waits
+    for the file (a barrier), so any rank may load it; last_path is set on every rank.
     """
 
     def __init__(self, path, monitor: str = "val_loss", save_best_only: bool = True,
@@ -166,7 +168,11 @@ class ModelCheckpoint(_Monitor):
                 return
             self.best = value
         path = self.path.format(**logs)
-        save(trainer.model, path, trainer=trainer)
+        if getattr(trainer, "is_main", True):
+            save(trainer.model, path, trainer=trainer)
+        comm = getattr(trainer, "comm", None)
+        if comm is not None:
+            comm.barrier()
         self.last_path = path
 
     def __repr__(self):
@@ -174,13 +180,10 @@ class ModelCheckpoint(_Monitor):
                 f"save_best_only={self.save_best_only})")
 
 
-def _snapshot(model) -> list:
-    """(layer, name, device copy) of every parameter and buffer of `model`."""
+def _snapshot(model) -> dict:
+    """A device copy of `model.state_dict()`."""
     xp = model.backend.xp
-    return [(layer, name, xp.asarray(getattr(layer, name), copy=True))
-            for layer in model.layers
-            for name in (*layer.param_names, *layer.buffer_names)
-            if getattr(layer, name, None) is not None]
+    return {k: xp.asarray(v, copy=True) for k, v in model.state_dict().items()}
 
 
 class CSVLogger(Callback):
@@ -190,6 +193,8 @@ class CSVLogger(Callback):
         path: the CSV file; its columns are the keys of the first row.
         append: add to an existing file (resumed training) instead of replacing it.
         separator: the field delimiter.
+
+    Data-parallel (`Trainer(comm=...)`): only rank 0 opens and writes the file.
     """
 
     def __init__(self, path, append: bool = False, separator: str = ","):
@@ -199,6 +204,8 @@ class CSVLogger(Callback):
     def on_train_begin(self, trainer):
         self._close()
         self._fields = None
+        if not getattr(trainer, "is_main", True):
+            return
         if self.append and os.path.exists(self.path) and os.path.getsize(self.path) > 0:
             with open(self.path, newline="") as f:
                 self._fields = next(csv.reader(f, delimiter=self.separator), None)
@@ -206,6 +213,8 @@ class CSVLogger(Callback):
         self.append = True
 
     def on_epoch_end(self, trainer, logs):
+        if not getattr(trainer, "is_main", True):
+            return
         if self._file is None:
             self.on_train_begin(trainer)
         if self._writer is None:
@@ -252,6 +261,9 @@ class LayerStats(Callback):
             `n_samples` of the validation loader's dataset, else the training one.
         n_samples: the probe batch size.
         every: record every `every` epochs.
+
+    Data-parallel (`Trainer(comm=...)`): only rank 0 records (the model is the same
+    on every rank); `rows` stays empty on the others.
     """
 
     def __init__(self, data=None, n_samples: int = 256, every: int = 1):
@@ -266,7 +278,7 @@ class LayerStats(Callback):
 
     def on_epoch_end(self, trainer, logs):
         epoch = logs.get("epoch", trainer.epoch - 1)
-        if (epoch + 1) % self.every == 0:
+        if (epoch + 1) % self.every == 0 and getattr(trainer, "is_main", True):
             self.rows.extend(self.record(trainer.model, *self._probe(trainer), epoch=epoch))
 
     def record(self, model, x, y, *, epoch=None) -> list[dict]:

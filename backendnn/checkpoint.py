@@ -21,26 +21,32 @@ another backend (or torch on another device kind), weights, optimiser state and
 batch order still resume, but that library's Dropout masks cannot be reproduced:
 the device state is left alone and masks continue from its own generator.
 
-A layer's constructor arguments come from its `config()` method when it has one,
-else from the attributes named like the parameters of its `__init__` (`Linear`
-keeps `n_inp`, `n_out`): a custom layer stores its arguments under their own
-names, or defines `config()` returning them as a JSON-able dict.
+Everything goes through the model's state protocol: tensors are
+`model.state_dict()`, the description is `model.config()` (each layer's
+`config()`: its constructor arguments, written by the layer).
+
+Loading treats the file as untrusted: it never runs code, and the description is
+checked (types, nesting, the layers' `state_shapes()` against the stored tensors'
+shapes and dtypes) before any layer allocates an array, so a malformed or
+hostile file gives a `CheckpointError` in milliseconds, whatever it claims.
 
 Writes are atomic: the file is written beside the target and renamed over it, so
-a crash mid-write leaves the previous checkpoint intact. Arrays pass through the
+a crash mid-write leaves the previous checkpoint intact; the `*.tmp` such a crash
+leaves is removed by the next save of that target. Arrays pass through the
 host as NumPy arrays (`backend.to_numpy`, `backend.asarray`); this module imports
 no array library itself.
 """
 from __future__ import annotations
 
 import contextlib
-import inspect
+import glob
 import json
 import os
 import tempfile
 
 from .backends import get_backend, host_rng
 from .layers import Layer
+from .layers.base import deferred_init
 from .losses import Loss
 
 FORMAT = "backendnn"
@@ -79,19 +85,11 @@ def save(model, path, optimizer=None, trainer=None, *, extra: dict | None = None
         tensors[name] = value
         return {"$tensor": name}
 
-    layers = []
-    for i, layer in enumerate(model.layers):
-        arrays = []
-        for name in tuple(layer.param_names) + tuple(layer.buffer_names):
-            value = getattr(layer, name, None)
-            if value is not None:
-                host(f"layers.{i}.{name}", value)
-                arrays.append(name)
-        layers.append({**_describe(layer), "arrays": arrays})
-    spec = {"class": type(model).__qualname__, "dtype": model.dtype, "layers": layers,
-            "criterion": None if model.criterion is None else _describe(model.criterion)}
-    if hasattr(model, "sizes"):
-        spec["sizes"] = list(model.sizes)
+    for name, value in model.state_dict().items():
+        host(name, value)
+    spec = model.config()
+    for entry, layer in zip(spec["layers"], model.layers):
+        entry["arrays"] = [name for name, _ in layer.state_arrays()]
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": _dumps(spec),
                 "rng": _dumps(_rng_state())}
     device_rng = backend.device_rng_state()
@@ -114,8 +112,12 @@ def save(model, path, optimizer=None, trainer=None, *, extra: dict | None = None
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-    """Write `data` to a temporary file in `path`'s folder, fsync it, rename it over `path`."""
+    """Write `data` to a temporary file in `path`'s folder, fsync it, rename it over `path`.
+    Temporary files an earlier, killed save of `path` left are removed first."""
     folder = os.path.dirname(os.path.abspath(path))
+    for stale in glob.glob(os.path.join(glob.escape(folder), f".{glob.escape(os.path.basename(path))}.*.tmp")):
+        with contextlib.suppress(OSError):
+            os.unlink(stale)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -153,41 +155,6 @@ def _file_mode(path: str) -> int:
         umask = os.umask(0)
         os.umask(umask)
         return 0o666 & ~umask
-
-
-def _describe(obj) -> dict:
-    return {"class": type(obj).__qualname__, "module": type(obj).__module__,
-            "config": _config(obj)}
-
-
-def _config(obj) -> dict:
-    """The constructor arguments that rebuild `obj` (a Layer or Loss), JSON-able."""
-    own = getattr(obj, "config", None)
-    if callable(own):
-        config = dict(own())
-    else:
-        config = {}
-        for name, p in _init_params(type(obj)).items():
-            if name in ("backend", "dtype") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                continue
-            if not hasattr(obj, name):
-                msg = (
-                    f"cannot record the constructor argument `{name}` of "
-                    f"{type(obj).__name__}: keep it as self.{name}, or give "
-                    f"{type(obj).__name__} a config() method returning its constructor arguments"
-                )
-                raise TypeError(msg)
-            config[name] = getattr(obj, name)
-    try:
-        json.dumps(config)
-    except (TypeError, ValueError) as e:
-        msg = f"the constructor arguments of {type(obj).__name__} are not JSON-able ({e}): {config!r}"
-        raise TypeError(msg) from None
-    return config
-
-
-def _init_params(cls) -> dict:
-    return dict(list(inspect.signature(cls.__init__).parameters.items())[1:])
 
 
 def _encode(obj, path: str, host):
@@ -262,10 +229,11 @@ def load(path, backend=None):
                 "build the model yourself and read the weights with restore(path, model=model)"
             )
             raise CheckpointError(msg)
+        spec = _check_spec(path, spec)
         rng = host_rng().bit_generator
         state = rng.state
         try:
-            model = _build(spec, backend)
+            model = _build(path, f, spec, backend)
         finally:
             rng.state = state
         _load_weights(path, f, model, spec)
@@ -298,18 +266,34 @@ def restore(path, *, model=None, optimizer=None, trainer=None, rng: bool = True)
         model = model if hasattr(model, "layers") else None
     with _open(path) as f:
         meta = _metadata(path, f)
-        _check_fits(path, meta, optimizer, trainer)
+        with _its_fault(path, "the saved optimiser or trainer state"):
+            _check_fits(path, meta, optimizer, trainer)
         if model is not None:
             _load_weights(path, f, model, meta.get("model"))
         array = _reader(path, f, model.backend if model is not None else get_backend())
         if optimizer is not None:
-            _restore_optimizer(path, meta, optimizer, array)
+            with _its_fault(path, f"the optimiser state (for {type(optimizer).__name__})"):
+                _restore_optimizer(path, meta, optimizer, array)
         if trainer is not None:
-            _restore_trainer(path, meta, trainer, array)
+            with _its_fault(path, "the trainer state"):
+                _restore_trainer(path, meta, trainer, array)
     if rng:
-        _restore_rng(path, meta)
-        _restore_device_rng(path, meta, model.backend if model is not None else get_backend())
+        with _its_fault(path, "the saved RNG state"):
+            _restore_rng(path, meta)
+            _restore_device_rng(path, meta, model.backend if model is not None else get_backend())
     return meta
+
+
+@contextlib.contextmanager
+def _its_fault(path, what: str):
+    """Any error while decoding `what` from the file is a CheckpointError naming it."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as e:
+        msg = f"{os.fspath(path)}: {what} is malformed ({type(e).__name__}: {e}); the file is corrupt"
+        raise CheckpointError(msg) from None
 
 
 def _open(path):
@@ -333,9 +317,13 @@ def _metadata(path, f) -> dict:
         if key in ("model", "optimizer", "trainer", "rng", "device_rng", "extra"):
             try:
                 value = json.loads(value)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:
                 msg = f"{os.fspath(path)}: metadata {key!r} is not valid JSON ({e}); the file is corrupt"
                 raise CheckpointError(msg) from None
+            if _depth(value) > _MAX_DEPTH:
+                msg = (f"{os.fspath(path)}: metadata {key!r} is nested deeper than {_MAX_DEPTH} "
+                       "levels; the file is corrupt or not a backendnn checkpoint")
+                raise CheckpointError(msg)
         meta[key] = value
     if raw and raw.get("format") not in (None, FORMAT):
         msg = f"{os.fspath(path)}: metadata 'format' is {raw.get('format')!r}, expected {FORMAT!r}"
@@ -362,39 +350,137 @@ def _reader(path, f, backend):
     return array
 
 
-def _build(spec: dict, backend):
+_MAX_DEPTH = 32
+_FLOAT_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
+
+
+def _depth(obj, level: int = 0) -> int:
+    """How deeply `obj` (decoded JSON) nests, counted without recursion."""
+    deepest, todo = level, [(obj, level)]
+    while todo:
+        item, d = todo.pop()
+        deepest = max(deepest, d)
+        if deepest > _MAX_DEPTH:
+            break
+        if isinstance(item, dict):
+            todo.extend((v, d + 1) for v in item.values())
+        elif isinstance(item, list):
+            todo.extend((v, d + 1) for v in item)
+    return deepest
+
+
+def _check_spec(path, spec) -> dict:
+    """The model description, checked to have the types `save` writes."""
+    where = os.fspath(path)
+
+    def bad(what):
+        msg = f"{where}: the model description is malformed: {what}; the file is corrupt or not written by backendnn.save"
+        return CheckpointError(msg)
+
+    def entry_ok(entry, kind):
+        if not isinstance(entry, dict) or not isinstance(entry.get("class"), str):
+            raise bad(f"a {kind} entry is {type(entry).__name__}, not a dict with a 'class' name")
+        if not isinstance(entry.get("module", ""), str) or not isinstance(entry.get("config", {}), dict):
+            raise bad(f"the {kind} {entry['class']!r} has a malformed 'module' or 'config'")
+
+    if not isinstance(spec, dict):
+        raise bad(f"it is {type(spec).__name__}, not a dict")
+    layers = spec.get("layers")
+    if not isinstance(layers, list):
+        raise bad(f"'layers' is {type(layers).__name__}, not a list")
+    for entry in layers:
+        entry_ok(entry, "layer")
+        arrays = entry.get("arrays", [])
+        if not isinstance(arrays, list) or not all(isinstance(a, str) for a in arrays):
+            raise bad(f"the layer {entry['class']!r} lists its arrays as {arrays!r}")
+    if spec.get("criterion") is not None:
+        entry_ok(spec["criterion"], "criterion")
+    if spec.get("dtype", "float32") not in _FLOAT_DTYPES.values():
+        raise bad(f"'dtype' is {spec.get('dtype')!r}")
+    if not isinstance(spec.get("class", "Sequential"), str):
+        raise bad("'class' is not a name")
+    sizes = spec.get("sizes", [])
+    if not isinstance(sizes, list) or not all(isinstance(n, int) for n in sizes):
+        raise bad(f"'sizes' is {sizes!r}")
+    return spec
+
+
+def _stored(f) -> dict:
+    """{tensor name: (shape, dtype name)} from the file's header (nothing is read)."""
+    out = {}
+    for key in f.keys():
+        view = f.get_slice(key)
+        out[key] = (tuple(view.get_shape()), view.get_dtype())
+    return out
+
+
+def _build(path, f, spec: dict, backend):
+    """The saved model, built only after every layer's configuration was checked
+    against the stored tensors (no layer allocates what the file does not hold)."""
     from .model import Sequential
 
-    try:
-        layers = [_make(entry, Layer, backend, spec.get("dtype", "float32"))
-                  for entry in spec["layers"]]
-        criterion = spec.get("criterion")
-        criterion = None if criterion is None else _make(criterion, Loss, backend, None)
-        cls = _find_class(spec.get("class", "Sequential"), None, Sequential)
-    except KeyError as e:
-        msg = f"the model description lacks {e}; the file was not written by backendnn.save"
-        raise CheckpointError(msg) from None
+    dtype = spec.get("dtype", "float32")
+    stored = _stored(f)
+    with deferred_init():
+        layers = [_make(path, entry, Layer, backend, dtype) for entry in spec["layers"]]
+    for i, layer in enumerate(layers):
+        _check_shapes(path, i, layer, layer.state_shapes(), stored)
+    for entry, layer in zip(spec["layers"], layers):
+        reset = getattr(layer, "reset_parameters", None)
+        if callable(reset):
+            _guarded(path, entry, reset)
+    criterion = spec.get("criterion")
+    criterion = None if criterion is None else _make(path, criterion, Loss, backend, None)
+    cls = _find_class(spec.get("class", "Sequential"), None, Sequential)
     model = cls.__new__(cls)
-    Sequential.__init__(model, layers, criterion, backend=backend)
+    _guarded(path, {"class": cls.__name__, "config": {}},
+             lambda: Sequential.__init__(model, layers, criterion, backend=backend))
     if "sizes" in spec:
         model.sizes = list(spec["sizes"])
     return model
 
 
-def _make(entry: dict, base: type, backend, dtype):
+def _check_shapes(path, i: int, layer, shapes, stored: dict) -> None:
+    """Refuse a layer whose configuration claims other tensors than the file holds."""
+    if shapes is None:
+        return  # a layer that cannot tell: its arrays are checked after it is built
+    where, kind = os.fspath(path), type(layer).__name__
+    for name, shape in shapes.items():
+        key = f"layers.{i}.{name}"
+        if key not in stored:
+            msg = f"{where} lacks the tensor {key!r} ({kind}.{name}, shape {tuple(shape)})"
+            raise CheckpointError(msg)
+        got, dt = stored[key]
+        if got != tuple(shape):
+            msg = (f"{where}: tensor {key!r} has shape {got}, but layer {i} ({kind}) as "
+                   f"described expects {name} of shape {tuple(shape)}")
+            raise CheckpointError(msg)
+        if dt not in _FLOAT_DTYPES:
+            msg = f"{where}: tensor {key!r} has dtype {dt}, not a floating dtype"
+            raise CheckpointError(msg)
+
+
+def _guarded(path, entry: dict, fn):
+    """Run `fn` (a constructor fed the file's arguments): any error is the file's."""
+    try:
+        return fn()
+    except CheckpointError:
+        raise
+    except Exception as e:
+        msg = (f"{os.fspath(path)}: cannot rebuild {entry['class']} with the saved arguments "
+               f"{entry.get('config')}: {type(e).__name__}: {e}")
+        raise CheckpointError(msg) from None
+
+
+def _make(path, entry: dict, base: type, backend, dtype):
+    """A layer (or loss) from its class name and `config()`; every layer takes
+    `backend` and `dtype` keywords, every loss `backend`."""
     cls = _find_class(entry["class"], entry.get("module"), base)
     kwargs = dict(entry.get("config", {}))
-    params = _init_params(cls)
-    open_kw = any(p.kind == p.VAR_KEYWORD for p in params.values())
-    if open_kw or "backend" in params:
-        kwargs["backend"] = backend
-    if dtype is not None and (open_kw or "dtype" in params):
+    kwargs["backend"] = backend
+    if dtype is not None:
         kwargs["dtype"] = dtype
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        msg = f"cannot rebuild {entry['class']} with the saved arguments {entry.get('config')}: {e}"
-        raise CheckpointError(msg) from None
+    return _guarded(path, entry, lambda: cls(**kwargs))
 
 
 def _find_class(name: str, module: str | None, base: type) -> type:
@@ -417,45 +503,39 @@ def _find_class(name: str, module: str | None, base: type) -> type:
 
 
 def _load_weights(path, f, model, spec) -> None:
-    """Set every saved parameter and buffer of `model`, checking names and shapes first."""
+    """Set every saved parameter and buffer of `model` (`load_state_dict`), checking
+    the layer classes, names, shapes and dtypes first."""
     where = os.fspath(path)
     layers = model.layers
     if spec is not None:
-        saved = [entry["class"] for entry in spec.get("layers", [])]
+        spec = _check_spec(path, spec)
+        saved = [entry["class"] for entry in spec["layers"]]
         mine = [type(layer).__qualname__ for layer in layers]
         if saved != mine:
             msg = f"{where} holds the layers {saved}, but the model has {mine}"
             raise CheckpointError(msg)
-    keys = set(f.keys())
-    wanted = {}
-    for i, layer in enumerate(layers):
-        for name in tuple(layer.param_names) + tuple(layer.buffer_names):
-            key = f"layers.{i}.{name}"
-            current = getattr(layer, name, None)
-            if key not in keys:
-                if name in layer.buffer_names and current is None:
-                    continue
-                msg = (
-                    f"{where} lacks the tensor {key!r} ({type(layer).__name__}.{name}"
-                    f"{'' if current is None else f', shape {tuple(current.shape)}'})"
-                )
-                raise CheckpointError(msg)
-            got = tuple(f.get_slice(key).get_shape())
-            if current is not None and tuple(current.shape) != got:
-                msg = (
-                    f"{where}: tensor {key!r} has shape {got}, but layer {i} "
-                    f"({type(layer).__name__}) expects {name} of shape {tuple(current.shape)}"
-                )
-                raise CheckpointError(msg)
-            wanted[key] = (layer, name)
-    extra = sorted(k for k in keys if k.startswith("layers.") and k not in wanted)
+    stored = _stored(f)
+    mine = model.state_dict()
+    for key, current in mine.items():
+        i, name = key.split(".", 2)[1:]
+        kind = type(layers[int(i)]).__name__
+        if key not in stored:
+            msg = f"{where} lacks the tensor {key!r} ({kind}.{name}, shape {tuple(current.shape)})"
+            raise CheckpointError(msg)
+        got, dt = stored[key]
+        if got != tuple(current.shape):
+            msg = (f"{where}: tensor {key!r} has shape {got}, but layer {i} ({kind}) "
+                   f"expects {name} of shape {tuple(current.shape)}")
+            raise CheckpointError(msg)
+        if dt not in _FLOAT_DTYPES:
+            msg = f"{where}: tensor {key!r} has dtype {dt}, not a floating dtype"
+            raise CheckpointError(msg)
+    extra = sorted(k for k in stored if k.startswith("layers.") and k not in mine)
     if extra:
         msg = f"{where} holds tensors the model has no place for: {extra}"
         raise CheckpointError(msg)
     array = _reader(path, f, model.backend)
-    values = [(layer, name, array(key, layer.dtype)) for key, (layer, name) in wanted.items()]
-    for layer, name, value in values:
-        setattr(layer, name, value)
+    model.load_state_dict({key: array(key, model.dtype) for key in mine})
 
 
 def _check_fits(path, meta: dict, optimizer, trainer) -> None:

@@ -19,8 +19,7 @@ def gradcheck(model, x, y, *, eps: float = 1e-5, max_checks: int = 30, seed: int
     rounding of the loss, which grows as 1/eps, against the truncation error, which
     grows as eps²); the error is
     max |analytic - numeric| / max(max |numeric|, 1e-8) over those entries.
-    Parameter gradients are those of the batch-mean loss; the input gradient is
-    that of the summed loss (what each layer's backward returns).
+    Every gradient, parameters' and input's, is that of the batch-mean loss.
 
     `mode` is the mode the copy is checked in: "train" (default) checks the
     gradients training uses — BatchNorm on batch statistics, each Dropout with one
@@ -55,21 +54,20 @@ def _gradcheck(model, x, y, *, eps, max_checks, seed, mode) -> dict:
     for layer in model.layers:
         if hasattr(layer, "hold_mask"):
             layer.hold_mask = mode == "train"
-    n = x.shape[0]
 
-    def total_loss():
-        return float(xp.sum(model.loss(x, y)))
+    def mean_loss():
+        return float(xp.mean(model.loss(x, y)))
 
     model.loss(x, y)
     input_grad = model.backward(input_grad=True)
-    analytic = {"input": (x, input_grad, 1.0)}
+    analytic = {"input": (x, input_grad)}
     for i, layer in enumerate(model.layers):
         for p in layer.parameters():
-            analytic[f"{i}.{type(layer).__name__}.{p.name}"] = (p.value, p.grad * 1.0, 1.0 / n)
+            analytic[f"{i}.{type(layer).__name__}.{p.name}"] = (p.value, p.grad * 1.0)
 
     rng = random.Random(seed)
     report = {}
-    for name, (array, grad, scale) in analytic.items():
+    for name, (array, grad) in analytic.items():
         shape = tuple(array.shape)
         count = 1
         for s in shape:
@@ -80,11 +78,11 @@ def _gradcheck(model, x, y, *, eps, max_checks, seed, mode) -> dict:
             index = _unravel(k, shape)
             old = float(array[index])
             array[index] = old + eps
-            plus = total_loss()
+            plus = mean_loss()
             array[index] = old - eps
-            minus = total_loss()
+            minus = mean_loss()
             array[index] = old
-            numeric = (plus - minus) / (2 * eps) * scale
+            numeric = (plus - minus) / (2 * eps)
             worst_diff = max(worst_diff, abs(float(grad[index]) - numeric))
             worst_ref = max(worst_ref, abs(numeric))
         report[name] = worst_diff / max(worst_ref, 1e-8)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 from .backends import get_backend
 from .layers import Layer, LeakyReLU, Linear, ReLU, ShapeError, Sigmoid, Softmax, Tanh
@@ -24,11 +25,7 @@ class Sequential:
     """
 
     def __init__(self, layers, criterion: Loss | None = None, *, backend=None):
-        self.layers = list(layers)
-        for i, layer in enumerate(self.layers):
-            if not isinstance(layer, Layer):
-                msg = f"Sequential: item {i} is {type(layer).__name__}, not a backendnn Layer"
-                raise TypeError(msg)
+        self.layers = _distinct(list(layers))
         if criterion is not None and not isinstance(criterion, Loss):
             msg = f"Sequential: `criterion` must be a backendnn Loss, got {type(criterion).__name__}"
             raise TypeError(msg)
@@ -36,7 +33,7 @@ class Sequential:
         if backend is None and self.layers:
             backend = self.layers[0].backend
         self.backend = get_backend(backend)
-        dtypes = {layer.dtype for layer in self.layers if layer.param_names}
+        dtypes = {layer.dtype for layer in self.layers if layer.state_arrays()}
         if len(dtypes) > 1:
             msg = (f"Sequential: the layers' parameters have different dtypes {sorted(dtypes)}; "
                    "build them with one dtype, or call model.to(backend, dtype) on a model "
@@ -84,6 +81,70 @@ class Sequential:
         """Every trainable `Param` of every layer, in layer order."""
         return [p for layer in self.layers for p in layer.parameters()]
 
+    def named_parameters(self) -> list[tuple[str, object]]:
+        """[("layers.<i>.<name>", Param)] in layer order."""
+        return [(f"layers.{i}.{n}", p) for i, layer in enumerate(self.layers)
+                for n, p in layer.named_parameters()]
+
+    def named_buffers(self) -> list[tuple[str, object]]:
+        """[("layers.<i>.<name>", array)] of the running statistics, in layer order."""
+        return [(f"layers.{i}.{n}", b) for i, layer in enumerate(self.layers)
+                for n, b in layer.named_buffers()]
+
+    def state_dict(self) -> dict:
+        """{"layers.<i>.<name>": array}, each layer's parameters then its buffers, in
+        layer order: the tensor names checkpoint files use. The arrays are the
+        model's own (not copies): copy them to keep a snapshot."""
+        return {f"layers.{i}.{n}": v for i, layer in enumerate(self.layers)
+                for n, v in layer.state_arrays()}
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Set parameters and buffers from `state` (arrays of any backend or NumPy,
+        copied onto this model's backend and dtype).
+
+        Everything is checked before anything changes: a shape mismatch is always
+        refused, naming the tensor and both shapes; with `strict`, so are a missing
+        and an unexpected key. Gradients and forward caches are dropped."""
+        if not isinstance(state, dict):
+            msg = f"load_state_dict: expected a dict of arrays (from state_dict()), got {type(state).__name__}"
+            raise TypeError(msg)
+        mine = self.state_dict()
+        missing = [k for k in mine if k not in state]
+        unexpected = [k for k in state if k not in mine]
+        if strict and (missing or unexpected):
+            parts = ([f"missing {missing}"] if missing else []) + \
+                    ([f"unexpected {unexpected}"] if unexpected else [])
+            msg = (f"load_state_dict: the state does not fit this model: {'; '.join(parts)}; "
+                   "pass strict=False to load the keys both have")
+            raise KeyError(msg)
+        for key, value in state.items():
+            if key in mine:
+                got, want = tuple(getattr(value, "shape", ())), tuple(mine[key].shape)
+                if got != want:
+                    msg = f"load_state_dict: tensor {key!r} has shape {got}, but the model's is {want}"
+                    raise ShapeError(msg)
+        xp, backend = self.backend.xp, self.backend
+        values = {k: xp.asarray(backend.asarray(v, dtype=self.dtype), copy=True)
+                  for k, v in state.items() if k in mine}
+        for key, value in values.items():
+            _, i, name = key.split(".", 2)
+            layer = self.layers[int(i)]
+            setattr(layer, name, value)
+        for layer in self.layers:
+            for _, param in layer.named_parameters():
+                setattr(layer, param.grad_name, None)
+            layer._clear()
+
+    def config(self) -> dict:
+        """What rebuilds this model without its arrays, JSON-able: its class, dtype,
+        each layer's class, module and `config()`, and the criterion's."""
+        spec = {"class": type(self).__qualname__, "dtype": self.dtype,
+                "layers": [describe(layer) for layer in self.layers],
+                "criterion": None if self.criterion is None else describe(self.criterion)}
+        if hasattr(self, "sizes"):
+            spec["sizes"] = list(self.sizes)
+        return spec
+
     def n_params(self) -> int:
         return sum(p.size for p in self.parameters())
 
@@ -112,9 +173,8 @@ class Sequential:
 
     def _move(self, backend, dtype):
         for layer in self.layers:
-            arrays = layer.param_names or layer.buffer_names
-            if layer.backend is not backend or (arrays and layer.dtype != dtype):
-                layer.to(backend, dtype if arrays else None)
+            if layer.backend is not backend or layer.dtype != dtype:
+                layer.to(backend, dtype)
         if self.criterion is not None and self.criterion.backend is not backend:
             self.criterion.to(backend)
 
@@ -152,6 +212,44 @@ class Sequential:
             f"{type(self).__name__}({inner}\n  criterion: {self.criterion!r}\n)"
             f"  # {self.n_params():,} parameters, {self.dtype}, {self.backend.name}"
         )
+
+
+def describe(obj) -> dict:
+    """A layer's or loss's class, module and `config()`, checked to be JSON-able."""
+    config = dict(obj.config())
+    try:
+        json.dumps(config)
+    except (TypeError, ValueError) as e:
+        msg = f"the config() of {type(obj).__name__} is not JSON-able ({e}): {config!r}"
+        raise TypeError(msg) from None
+    return {"class": type(obj).__qualname__, "module": type(obj).__module__, "config": config}
+
+
+def _distinct(layers: list) -> list:
+    """The layers, each object at one position.
+
+    A layer without parameters or buffers used again (`r = ReLU()` at two places)
+    gets its own copy at the later positions: its forward cache would otherwise be
+    overwritten before backward reads it. One with parameters or buffers is
+    refused: sharing weights between positions is not supported."""
+    seen = {}
+    out = []
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            msg = f"Sequential: item {i} is {type(layer).__name__}, not a backendnn Layer"
+            raise TypeError(msg)
+        first = seen.setdefault(id(layer), i)
+        if first != i:
+            if layer.state_arrays():
+                msg = (f"Sequential: the same {type(layer).__name__} object is at positions "
+                       f"{first} and {i}; a layer with parameters or buffers can be used once "
+                       f"(weight tying is not supported): build a separate "
+                       f"{type(layer).__name__} for position {i}")
+                raise ValueError(msg)
+            layer = copy.copy(layer)
+            layer._clear()
+        out.append(layer)
+    return out
 
 
 ACTIVATIONS = {

@@ -266,10 +266,18 @@ def test_nan_from_divergence_stops_training(backend, rng):
 
 # --- bad arguments ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args", [(0, 3), (3, -1), (2.5, 3), (True, 3), ("3", 2)])
-def test_linear_bad_sizes(backend, args):
-    with pytest.raises(ValueError, match="n_inp|n_out"):
+@pytest.mark.parametrize("args, error", [((0, 3), ValueError), ((3, -1), ValueError),
+                                         ((2.5, 3), TypeError), ((True, 3), TypeError),
+                                         (("3", 2), TypeError)])
+def test_linear_bad_sizes(backend, args, error):
+    """A wrong type is a TypeError, a wrong value a ValueError, each naming the argument."""
+    with pytest.raises(error, match="n_inp|n_out"):
         Linear(*args, backend=backend)
+
+
+def test_numpy_integers_are_ints(backend):
+    layer = Linear(np.int64(3), np.int32(2), backend=backend)
+    assert (layer.n_inp, layer.n_out) == (3, 2) and type(layer.n_inp) is int
 
 
 def test_layer_bad_dtype(backend):

@@ -5,12 +5,17 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import safetensors.numpy
 from conftest import BUILTIN, backend_or_skip
 
 import backendnn
 from backendnn import (
     MLP,
+    Adam,
+    BatchNorm1d,
+    Dropout,
     SGD,
     CrossEntropy,
     DataLoader,
@@ -235,11 +240,14 @@ def test_every_layer_kind_round_trips_with_its_arguments_and_buffers(name, make,
 
 
 class Scale(Layer):
-    """y = factor * x (a custom layer that keeps its argument under its own name)."""
+    """y = factor * x (a custom layer that writes its own config())."""
 
     def __init__(self, factor, **kw):
         super().__init__(**kw)
         self.factor = factor
+
+    def config(self):
+        return {"factor": self.factor}
 
     def forward(self, x):
         return self.factor * x
@@ -257,6 +265,20 @@ class Forgetful(Layer):
         self.k = factor
 
 
+class Legacy(Layer):
+    """A layer written before config(): its argument is read from self.factor."""
+
+    def __init__(self, factor, **kw):
+        super().__init__(**kw)
+        self.factor = factor
+
+    def forward(self, x):
+        return x
+
+    def backward(self, grad):
+        return grad
+
+
 def test_custom_layer_round_trips(tmp_path):
     model = Sequential([Linear(N_IN, 2), Scale(2.5)], CrossEntropy())
     save(model, tmp_path / "m.safetensors")
@@ -266,9 +288,134 @@ def test_custom_layer_round_trips(tmp_path):
 
 def test_layer_whose_arguments_cannot_be_recorded_is_refused_at_save(tmp_path):
     model = Sequential([Linear(N_IN, 2), Forgetful(2.0)], CrossEntropy())
-    with pytest.raises(TypeError, match=r"`factor` of Forgetful.*self\.factor.*config\(\)"):
+    with pytest.warns(DeprecationWarning), \
+            pytest.raises(TypeError, match=r"`factor` of Forgetful.*define Forgetful\.config\(\)"):
         save(model, tmp_path / "m.safetensors")
     assert not os.listdir(tmp_path)
+
+
+def test_layer_without_config_still_saves_with_a_deprecation_warning(tmp_path):
+    model = Sequential([Linear(N_IN, 2), Legacy(3.0)], CrossEntropy())
+    with pytest.warns(DeprecationWarning, match=r"Legacy.*config\(\)"):
+        save(model, tmp_path / "m.safetensors")
+    assert load(tmp_path / "m.safetensors").layers[1].factor == 3.0
+
+
+# --- untrusted files ----------------------------------------------------------------------
+
+def _saved(tmp_path, name="m.safetensors"):
+    path = tmp_path / name
+    save(make_model("numpy"), path)
+    return path
+
+
+def test_a_huge_claimed_layer_is_refused_before_allocating(tmp_path):
+    """A 1 KB file claiming Linear(200000, 200000) (160 GB) is refused in milliseconds."""
+    path = _saved(tmp_path)
+    _rewrite(path, lambda meta: meta.replace('"n_inp":6', '"n_inp":200000')
+             .replace('"n_out":8', '"n_out":200000'))
+    with pytest.raises(CheckpointError, match=r"layers\.0\.weights.*\(6, 8\).*\(200000, 200000\)"):
+        load(path)
+
+
+@pytest.mark.parametrize("model_json, match", [
+    ("[]", "not a dict"),
+    ('{"layers": 3}', "'layers' is int"),
+    ('{"layers": [7]}', "layer entry is int"),
+    ('{"layers": [{"class": "Linear", "config": []}]}', "malformed 'module' or 'config'"),
+    ('{"layers": [], "dtype": "int8"}', "'dtype'"),
+    ("[" * 5000 + "]" * 5000, "JSON|nested"),
+    ("[" * 40 + "]" * 40, "nested deeper"),
+])
+def test_malformed_model_descriptions_raise_checkpoint_error(tmp_path, model_json, match):
+    path = _saved(tmp_path)
+    _rewrite(path, lambda meta: model_json)
+    with pytest.raises(CheckpointError, match=match):
+        load(path)
+
+
+def test_a_killed_save_leaves_a_tmp_file_the_next_save_removes(tmp_path):
+    path = _saved(tmp_path)
+    stale = tmp_path / ".m.safetensors.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    other = tmp_path / ".other.safetensors.x.tmp"
+    other.write_bytes(b"not ours")
+    save(make_model("numpy"), path)
+    assert not stale.exists() and other.exists()
+
+
+def _fuzz_inputs():
+    """(header length, header JSON, tensor bytes) of a real checkpoint."""
+    import io
+    import struct
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "m.safetensors")
+        model = Sequential([Linear(N_IN, 4), BatchNorm1d(4), ReLU(), Dropout(0.1), Linear(4, N_CLASSES)],
+                           CrossEntropy())
+        save(model, path, optimizer=Adam(model, lr=0.01))
+        raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+_HEADER, _BODY = _fuzz_inputs()
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8)
+
+
+def _mutate(data, value):
+    """Replace one leaf (or subtree) of decoded JSON, chosen by `data`, with `value`."""
+    if not isinstance(value, (dict, list)) or not value or data.draw(st.booleans()):
+        return data.draw(_JSON_VALUES)
+    key = data.draw(st.sampled_from(sorted(value) if isinstance(value, dict) else range(len(value))))
+    value = dict(value) if isinstance(value, dict) else list(value)
+    value[key] = _mutate(data, value[key])
+    return value
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_fuzzed_headers_and_metadata_raise_only_checkpoint_error(tmp_path_factory, data):
+    """Mutated tensor entries (shapes, dtypes, offsets) and metadata (model
+    description, optimiser, trainer, RNG): loading and restoring raise nothing but
+    CheckpointError."""
+    import struct
+
+    header = json.loads(json.dumps(_HEADER))
+    target = data.draw(st.sampled_from(["tensor", "metadata", "metadata"]))
+    if target == "tensor":
+        name = data.draw(st.sampled_from(sorted(k for k in header if k != "__metadata__")))
+        header[name] = _mutate(data, header[name])
+    else:
+        meta = header["__metadata__"]
+        key = data.draw(st.sampled_from(sorted(meta)))
+        try:
+            decoded = json.loads(meta[key])
+        except ValueError:
+            decoded = meta[key]
+        mutated = _mutate(data, decoded)
+        meta[key] = json.dumps(mutated) if data.draw(st.booleans()) else str(mutated)[:200]
+    blob = json.dumps(header).encode()
+    path = tmp_path_factory.mktemp("fuzz") / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + _BODY)
+    model = make_fuzz_model()
+    for attempt in (lambda: load(path), lambda: read_metadata(path),
+                    lambda: restore(path, model=model, optimizer=Adam(model, lr=0.01))):
+        try:
+            attempt()
+        except CheckpointError:
+            pass
+    backendnn.seed(0)  # a restore that succeeded moved the host generator
+
+
+def make_fuzz_model():
+    return Sequential([Linear(N_IN, 4), BatchNorm1d(4), ReLU(), Dropout(0.1), Linear(4, N_CLASSES)],
+                      CrossEntropy())
 
 
 def test_unknown_layer_class_names_the_class(tmp_path):

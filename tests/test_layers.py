@@ -10,7 +10,7 @@ import pytest
 from array_api_compat import device as device_of
 
 import backendnn
-from backendnn import LeakyReLU, Linear, ReLU, Sigmoid, Softmax, Tanh
+from backendnn import LeakyReLU, Linear, MeanSquaredError, ReLU, Sequential, Sigmoid, Softmax, Tanh
 
 F32 = {"rtol": 1e-5, "atol": 1e-6}
 F64 = {"rtol": 1e-12, "atol": 1e-14}
@@ -100,10 +100,11 @@ def test_linear_forward_backward_against_seed(backend, rng, dtype):
 
     x64, g64 = x_np.astype(np.float64), g_np.astype(np.float64)
     np.testing.assert_allclose(host(backend, y), x64 @ w + b, **tol(dtype))
-    # the seed's batched outer product, averaged over the batch
-    grad_w = (x64[:, :, None] @ g64[:, None, :]).mean(axis=0)
+    # the seed's batched outer product, summed over the batch (g is already the
+    # gradient of the batch-mean loss: the loss divides, layers sum)
+    grad_w = (x64[:, :, None] @ g64[:, None, :]).sum(axis=0)
     np.testing.assert_allclose(host(backend, layer.grad_w), grad_w, **tol(dtype))
-    np.testing.assert_allclose(host(backend, layer.grad_b), g64.mean(axis=0), **tol(dtype))
+    np.testing.assert_allclose(host(backend, layer.grad_b), g64.sum(axis=0), **tol(dtype))
     np.testing.assert_allclose(host(backend, dx), g64 @ w.T, **tol(dtype))
     for out in (y, dx, layer.grad_w, layer.grad_b):
         assert out.dtype == backend.dtype(dtype)
@@ -111,8 +112,24 @@ def test_linear_forward_backward_against_seed(backend, rng, dtype):
     assert tuple(layer.grad_w.shape) == (5, 4) and tuple(layer.grad_b.shape) == (4,)
 
 
-def test_linear_grads_are_batch_means(backend, rng):
-    """Repeating every sample leaves the gradients unchanged (a mean, not a sum)."""
+def test_model_grads_are_batch_means(backend, rng):
+    """Repeating every sample leaves the parameter gradients unchanged: the loss
+    divides by the batch, the layers sum."""
+    with backendnn.use_backend(backend):
+        model = Sequential([Linear(3, 2), ReLU(), Linear(2, 1)], MeanSquaredError())
+    x_np = rng.normal(size=(4, 3)).astype(np.float32)
+    y_np = rng.normal(size=(4, 1)).astype(np.float32)
+    model.loss(backend.asarray(x_np), backend.asarray(y_np))
+    model.backward()
+    once = [host(backend, p.grad) for p in model.parameters()]
+    model.loss(backend.asarray(np.concatenate([x_np] * 3)), backend.asarray(np.concatenate([y_np] * 3)))
+    model.backward()
+    for p, ref in zip(model.parameters(), once):
+        np.testing.assert_allclose(host(backend, p.grad), ref, **F32)
+
+
+def test_linear_grads_are_batch_sums(backend, rng):
+    """Layers sum over the batch: repeating every sample triples the gradients."""
     layer = Linear(3, 2, backend=backend)
     x_np = rng.normal(size=(4, 3)).astype(np.float32)
     g_np = rng.normal(size=(4, 2)).astype(np.float32)
@@ -121,8 +138,8 @@ def test_linear_grads_are_batch_means(backend, rng):
     once = host(backend, layer.grad_w), host(backend, layer.grad_b)
     layer(backend.asarray(np.concatenate([x_np] * 3)))
     layer.backward(backend.asarray(np.concatenate([g_np] * 3)))
-    np.testing.assert_allclose(host(backend, layer.grad_w), once[0], **F32)
-    np.testing.assert_allclose(host(backend, layer.grad_b), once[1], **F32)
+    np.testing.assert_allclose(host(backend, layer.grad_w), 3 * once[0], **F32)
+    np.testing.assert_allclose(host(backend, layer.grad_b), 3 * once[1], **F32)
 
 
 def test_linear_parameters_are_assignable(backend):

@@ -32,7 +32,7 @@ def two_layer(backend, criterion=None):
 
 def reference_two_layer(w1, b1, w2, b2, x, y):
     """Seed 000's classes in float64: forward, BCE, backward with its outer product.
-    Returns (y_hat, per-sample loss, dL/dx, [grad_w1, grad_b1, grad_w2, grad_b2])."""
+    Returns (y_hat, per-sample loss, d(mean loss)/dx, [grad_w1, grad_b1, grad_w2, grad_b2])."""
     z1 = x @ w1 + b1
     a1 = np.where(z1 > 0, z1, 0)
     z2 = a1 @ w2 + b2
@@ -46,7 +46,7 @@ def reference_two_layer(w1, b1, w2, b2, x, y):
     g = np.where(z1 > 0, g, 0)
     gw1 = (x[:, :, None] @ g[:, None, :]).mean(axis=0)
     gb1 = g.mean(axis=0)
-    return p, loss, g @ w1.T, [gw1, gb1, gw2, gb2]
+    return p, loss, g @ w1.T / len(x), [gw1, gb1, gw2, gb2]
 
 
 def test_sequential_forward_backward_like_seed(backend, rng):

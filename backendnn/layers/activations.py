@@ -5,6 +5,7 @@ derivative is a function of it (sigmoid, tanh, softmax).
 """
 from __future__ import annotations
 
+from .._validate import number
 from .base import Layer
 
 
@@ -31,8 +32,9 @@ class LeakyReLU(Layer):
     """x where x > 0, else negative_slope * x.  Shape: any -> same."""
 
     def __init__(self, negative_slope: float = 0.01, **kw):
+        negative_slope = number("LeakyReLU", "negative_slope", negative_slope)
         super().__init__(**kw)
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = negative_slope
 
     def forward(self, x):
         self.x = x
@@ -44,6 +46,9 @@ class LeakyReLU(Layer):
 
     def _clear(self):
         self.x = None
+
+    def config(self):
+        return {"negative_slope": self.negative_slope}
 
     def extra_repr(self):
         return f"negative_slope={self.negative_slope}"

@@ -1,7 +1,12 @@
 """The `Layer` base class and `Param`, the handle optimisers update through."""
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import math
+import warnings
+from contextvars import ContextVar
 
 from ..backends import get_backend
 
@@ -53,15 +58,38 @@ class Param:
 class Layer:
     """Base class: `forward(x)` keeps what `backward(grad)` needs; `backward` returns dL/dx.
 
-    Subclasses list their trainable attributes in `param_names` with the matching
-    gradient attributes in `grad_names`, and other arrays that move with the model
-    (running statistics) in `buffer_names`. Layers take `xp`, device and dtype from
-    their backend and never import an array library.
+    The state protocol (what checkpoints, `to()`, EarlyStopping, capture and the
+    parity battery read, and nothing else):
+        `named_parameters()`  [(name, Param)], trainable arrays with their gradients;
+        `named_buffers()`     [(name, array)], arrays that move with the model but are
+                              not trained (running statistics);
+        `config()`            the constructor arguments, a JSON-able dict;
+        `state_shapes()`      {name: shape} of every parameter and buffer, computed
+                              from the configuration alone (checkpoints check a file
+                              against it before allocating anything).
+    The defaults read the declarations `param_names` (with the matching gradient
+    attributes in `grad_names`) and `buffer_names`; a layer whose arrays depend on
+    its options (BatchNorm without affine) sets them per instance.
+
+    The gradient convention, one for every layer: `backward(grad)` receives the
+    gradient of the *batch-mean* loss with respect to this layer's output (the loss
+    divides by the batch, as torch's reduction="mean"), returns the same for its
+    input, and leaves parameter gradients (`grad_w`, ...) as plain sums over the
+    batch of `grad` times the local derivative: no layer divides by the batch size.
+
+    Layers take `xp`, device and dtype from their backend and never import an
+    array library.
     """
 
     param_names: tuple[str, ...] = ()
     grad_names: tuple[str, ...] = ()
     buffer_names: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        reset = cls.__dict__.get("reset_parameters")
+        if reset is not None and not getattr(reset, "_deferrable", False):
+            cls.reset_parameters = _deferrable(reset)
 
     def __init__(self, *, backend=None, dtype: str = "float32"):
         self.backend = get_backend(backend)
@@ -83,9 +111,53 @@ class Layer:
     def backward(self, grad):
         raise NotImplementedError
 
+    def named_parameters(self) -> list[tuple[str, Param]]:
+        """[(attribute name, Param)] of this layer's trainable arrays, in a fixed order."""
+        return [(n, Param(self, n, g)) for n, g in zip(self.param_names, self.grad_names)]
+
+    def named_buffers(self) -> list[tuple[str, object]]:
+        """[(attribute name, array)] of the arrays that move with the layer but are not
+        trained (running statistics); a buffer not made yet (None) is left out."""
+        return [(n, getattr(self, n)) for n in self.buffer_names
+                if getattr(self, n, None) is not None]
+
     def parameters(self) -> list[Param]:
         """This layer's trainable arrays, in a fixed order."""
-        return [Param(self, n, g) for n, g in zip(self.param_names, self.grad_names)]
+        return [p for _, p in self.named_parameters()]
+
+    def state_arrays(self) -> list[tuple[str, object]]:
+        """[(name, array)]: parameters, then buffers (what a checkpoint stores)."""
+        return [(n, p.value) for n, p in self.named_parameters()] + self.named_buffers()
+
+    def config(self) -> dict:
+        """The constructor arguments that rebuild this layer, JSON-able (backend and
+        dtype excluded: the model sets them). Layers with arguments override this.
+
+        A layer class written before this protocol, with constructor arguments but
+        no config(), still saves: its arguments are read from attributes of the same
+        names, with a DeprecationWarning."""
+        names = _init_arguments(type(self))
+        if not names:
+            return {}
+        warnings.warn(
+            f"{type(self).__name__} has constructor arguments {names} but no config(): "
+            f"they are read from attributes of the same names; define "
+            f"{type(self).__name__}.config() returning them (this fallback will go)",
+            DeprecationWarning, stacklevel=2)
+        missing = [n for n in names if not hasattr(self, n)]
+        if missing:
+            msg = (f"cannot record the constructor argument `{missing[0]}` of "
+                   f"{type(self).__name__}: define {type(self).__name__}.config() returning "
+                   "its constructor arguments")
+            raise TypeError(msg)
+        return {n: getattr(self, n) for n in names}
+
+    def state_shapes(self) -> dict | None:
+        """{name: shape} of the parameters and buffers this configuration makes, or
+        None when the layer cannot tell without building them (checked after)."""
+        if not (self.param_names or self.buffer_names):
+            return {}
+        return None
 
     def train(self, mode: bool = True):
         self.training = mode
@@ -102,13 +174,11 @@ class Layer:
         backend = get_backend(backend)
         dtype = self.dtype if dtype is None else _dtype_name(dtype)
         copy = backend is not self.backend
-        for name in self.param_names + self.buffer_names:
-            value = getattr(self, name, None)
-            if value is not None:
-                value = backend.asarray(value, dtype=dtype)
-                setattr(self, name, backend.xp.asarray(value, copy=True) if copy else value)
-        for name in self.grad_names:
-            setattr(self, name, None)
+        for name, value in self.state_arrays():
+            value = backend.asarray(value, dtype=dtype)
+            setattr(self, name, backend.xp.asarray(value, copy=True) if copy else value)
+        for _, param in self.named_parameters():
+            setattr(self, param.grad_name, None)
         self.backend, self.dtype = backend, dtype
         self._clear()
         return self
@@ -127,6 +197,39 @@ class Layer:
 
     def __repr__(self):
         return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def _init_arguments(cls) -> list[str]:
+    """The named constructor arguments of a layer class, backend and dtype excluded."""
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    return [p.name for p in params if p.name not in ("backend", "dtype")
+            and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+_DEFER = ContextVar("backendnn_defer_init", default=False)
+
+
+def _deferrable(reset):
+    """Wrap a layer's `reset_parameters` so that `deferred_init()` can build layers
+    without allocating their arrays (a checkpoint checks their shapes first)."""
+    @functools.wraps(reset)
+    def wrapper(self, *args, **kwargs):
+        if _DEFER.get():
+            return None
+        return reset(self, *args, **kwargs)
+
+    wrapper._deferrable = True
+    return wrapper
+
+
+@contextlib.contextmanager
+def deferred_init():
+    """Layers built inside skip `reset_parameters`: no parameter is allocated."""
+    token = _DEFER.set(True)
+    try:
+        yield
+    finally:
+        _DEFER.reset(token)
 
 
 def _dtype_name(dtype) -> str:

@@ -1,6 +1,7 @@
 """Layer normalisation over the last axis."""
 from __future__ import annotations
 
+from .._validate import boolean, integer, number
 from .base import Layer, ShapeError
 
 
@@ -15,7 +16,7 @@ class LayerNorm(Layer):
 
     Shape: x (batch, ..., n) -> same.
     Attributes: gamma (n,) ones, beta (n,) zeros (when elementwise_affine).
-    After backward: grad_gamma, grad_beta, batch means of the per-sample gradients.
+    After backward: grad_gamma, grad_beta (sums over every position but the last axis).
     """
 
     def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True,
@@ -23,16 +24,16 @@ class LayerNorm(Layer):
         n = normalized_shape
         if isinstance(n, (tuple, list)) and len(n) == 1:
             n = n[0]
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        if isinstance(n, (tuple, list)):
             msg = (f"LayerNorm: `normalized_shape` must be a positive int (the last axis; "
                    f"only one axis is normalised), got {normalized_shape!r}")
             raise ValueError(msg)
-        if not isinstance(eps, (int, float)) or not eps > 0:
-            msg = f"LayerNorm: `eps` must be a positive number, got {eps!r}"
-            raise ValueError(msg)
+        n = integer("LayerNorm", "normalized_shape", n, minimum=1)
+        eps = number("LayerNorm", "eps", eps, low=0.0, low_open=True)
+        elementwise_affine = boolean("LayerNorm", "elementwise_affine", elementwise_affine)
         super().__init__(backend=backend, dtype=dtype)
-        self.normalized_shape, self.eps = n, float(eps)
-        self.elementwise_affine = bool(elementwise_affine)
+        self.normalized_shape, self.eps = n, eps
+        self.elementwise_affine = elementwise_affine
         self.param_names = ("gamma", "beta") if self.elementwise_affine else ()
         self.grad_names = ("grad_gamma", "grad_beta") if self.elementwise_affine else ()
         self.grad_gamma = self.grad_beta = None
@@ -63,9 +64,8 @@ class LayerNorm(Layer):
         x_hat = self._need(self.x_hat)
         if self.elementwise_affine:
             axes = tuple(range(grad.ndim - 1))
-            k = 1.0 / grad.shape[0]
-            self.grad_gamma = xp.sum(grad * x_hat, axis=axes) * k
-            self.grad_beta = xp.sum(grad, axis=axes) * k
+            self.grad_gamma = xp.sum(grad * x_hat, axis=axes)
+            self.grad_beta = xp.sum(grad, axis=axes)
             grad = grad * self.gamma
         mean_g = xp.mean(grad, axis=-1, keepdims=True)
         mean_g_xhat = xp.mean(grad * x_hat, axis=-1, keepdims=True)
@@ -73,6 +73,14 @@ class LayerNorm(Layer):
 
     def _clear(self):
         self.x_hat = self.inv_std = None
+
+    def config(self):
+        return {"normalized_shape": self.normalized_shape, "eps": self.eps,
+                "elementwise_affine": self.elementwise_affine}
+
+    def state_shapes(self):
+        n = (self.normalized_shape,)
+        return {"gamma": n, "beta": n} if self.elementwise_affine else {}
 
     def extra_repr(self):
         return (f"{self.normalized_shape}, eps={self.eps}, "

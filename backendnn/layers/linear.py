@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .. import init as _init
+from .._validate import integer
 from .base import Layer, ShapeError
 
 
@@ -19,8 +20,8 @@ class Linear(Layer):
     Attributes: weights (n_inp, n_out), from `init` (default: uniform in
         ±1/sqrt(n_inp)) drawn from the seeded host generator; bias (n_out,), zeros.
         `init` keeps a name (a callable not in INITIALIZERS is recorded as "default").
-    After backward: grad_w, grad_b, the batch means of the per-sample gradients,
-        shaped like weights and bias.
+    After backward: grad_w = x.T @ grad and grad_b = the batch sum of grad, shaped
+        like weights and bias (grad is already that of the batch-mean loss).
 
     Example:
         >>> Linear(30, 1)(x).shape   # x (64, 30)
@@ -32,10 +33,8 @@ class Linear(Layer):
 
     def __init__(self, n_inp: int, n_out: int, *, init="default", backend=None,
                  dtype: str = "float32"):
-        for name, value in (("n_inp", n_inp), ("n_out", n_out)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                msg = f"Linear: `{name}` must be a positive int, got {value!r}"
-                raise ValueError(msg)
+        n_inp = integer("Linear", "n_inp", n_inp, minimum=1)
+        n_out = integer("Linear", "n_out", n_out, minimum=1)
         super().__init__(backend=backend, dtype=dtype)
         self.n_inp, self.n_out = n_inp, n_out
         self._init_fn = _init.get(init)
@@ -73,9 +72,8 @@ class Linear(Layer):
     def _param_grads(self, grad):
         x = self._need(self.x)
         self.grad_w = self.grad_b = None  # free last step's before making this step's
-        g = grad * (1.0 / x.shape[0])
-        self.grad_w = self.backend.matmul(x.T, g)
-        self.grad_b = self.backend.batch_sum(g)
+        self.grad_w = self.backend.matmul(x.T, grad)
+        self.grad_b = self.backend.batch_sum(grad)
 
     def backward(self, grad):
         self._param_grads(grad)
@@ -86,6 +84,12 @@ class Linear(Layer):
 
     def _clear(self):
         self.x = None
+
+    def config(self):
+        return {"n_inp": self.n_inp, "n_out": self.n_out, "init": self.init}
+
+    def state_shapes(self):
+        return {"weights": (self.n_inp, self.n_out), "bias": (self.n_out,)}
 
     def extra_repr(self):
         return f"{self.n_inp}, {self.n_out}"

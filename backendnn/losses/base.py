@@ -9,10 +9,9 @@ from ..layers.base import NotReadyError
 
 class Loss:
     """`loss(y_hat, y)` returns the per-sample loss, shape (batch,); `backward()`
-    returns the gradient of each sample's loss with respect to y_hat (shape of y_hat).
-
-    Layers average parameter gradients over the batch, so the parameters receive
-    the gradient of the batch-mean loss, as `torch.nn` losses with reduction="mean".
+    returns the gradient of the batch-mean loss with respect to y_hat (shape of
+    y_hat): each sample's gradient divided by the batch size, as `torch.nn` losses
+    with reduction="mean". This is the one place the 1/batch lives: layers sum.
     """
 
     def __init__(self, *, backend=None):
@@ -40,6 +39,10 @@ class Loss:
 
     def _clear(self) -> None:
         """Forget what the last forward pass kept."""
+
+    def config(self) -> dict:
+        """The constructor arguments that rebuild this loss, JSON-able."""
+        return {}
 
     def _need(self, value):
         if value is None:

@@ -12,7 +12,7 @@ class BinaryCrossEntropy(Loss):
 
     Shape: y_hat (batch,) or (batch, k) probabilities; y the same shape, or (batch,)
     against (batch, 1). Returns (batch,).
-    Gradient: (p - y) / (p (1 - p)) / k.
+    Gradient (of the batch mean): (p - y) / (p (1 - p)) / (k · batch).
     """
 
     def forward(self, y_hat, y):
@@ -26,7 +26,7 @@ class BinaryCrossEntropy(Loss):
 
     def backward(self):
         p, y = self._need(self.p), self.y
-        return (p - y) / (p * (1.0 - p) * outputs_per_sample(p.shape))
+        return (p - y) / (p * (1.0 - p) * (outputs_per_sample(p.shape) * p.shape[0]))
 
     def _clear(self):
         self.p = self.y = None

@@ -12,7 +12,7 @@ class CrossEntropy(Loss):
 
     Log-softmax is computed as x - max - log(sum(exp(x - max))), exact for logits
     far apart, fused with the loss and its gradient in the backend's
-    `softmax_cross_entropy`. Gradient: softmax(logits) - one_hot(y).
+    `softmax_cross_entropy`. Gradient (of the batch mean): (softmax(logits) - one_hot(y)) / batch.
 
     Args:
         check_labels: check that labels lie in [0, n_classes). It reads two numbers
@@ -44,7 +44,13 @@ class CrossEntropy(Loss):
 
     def forward(self, y_hat, y):
         y = self._labels(y_hat, y)
-        loss, self.grad = self.backend.softmax_cross_entropy(y_hat, y)
+        loss, grad = self.backend.softmax_cross_entropy(y_hat, y)
+        scale = 1.0 / max(grad.shape[0], 1)
+        if self.backend.inplace:  # grad is new: scale it without a second array
+            grad *= scale
+        else:
+            grad = grad * scale
+        self.grad = grad
         return loss
 
     def backward(self):
@@ -90,3 +96,6 @@ class CrossEntropy(Loss):
 
     def _clear(self):
         self.grad = None
+
+    def config(self):
+        return {"check_labels": self.check_labels}

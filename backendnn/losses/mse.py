@@ -10,7 +10,7 @@ class MeanSquaredError(Loss):
     `torch.nn.functional.mse_loss(y_hat, y)`.
 
     Shape: y_hat (batch,) or (batch, k); y the same, or (batch,) against (batch, 1).
-    Returns (batch,). Gradient: 2 (y_hat - y) / k.
+    Returns (batch,). Gradient (of the batch mean): 2 (y_hat - y) / (k · batch).
     """
 
     def forward(self, y_hat, y):
@@ -20,7 +20,7 @@ class MeanSquaredError(Loss):
 
     def backward(self):
         diff = self._need(self.diff)
-        return diff * (2.0 / outputs_per_sample(diff.shape))
+        return diff * (2.0 / (outputs_per_sample(diff.shape) * diff.shape[0]))
 
     def _clear(self):
         self.diff = None
