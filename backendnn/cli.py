@@ -99,15 +99,28 @@ def _read_data(spec: str, target):
 
 
 def _train(args) -> int:
+    """`backendnn train`: read and split the data, then train (data-parallel under an
+    MPI launcher: `mpiexec -n 4 backendnn train ...`, `--batch-size` the global batch)."""
+    from . import distributed
+
+    comm = distributed.init()
+    prepared = _prepare_data(args)
+    return _train_model(args, prepared, comm)
+
+
+class _Prepared:
+    """What `_prepare_data` read: the loaders, the task and how features were scaled."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def _prepare_data(args) -> _Prepared:
+    """Check the flags, read the data, choose the task and layer sizes, split and scale.
+    The same on every rank: the seeded split and order need no communication."""
     from array_api_compat import array_namespace
 
-    from . import optim
-    from .checkpoint import save
     from .data import DataLoader, Dataset, StandardScaler
-    from .losses import BinaryCrossEntropy, CrossEntropy, MeanSquaredError
-    from .metrics import accuracy
-    from .model import MLP
-    from .train import Trainer
 
     checks = ((args.epochs >= 0, "--epochs must be >= 0"),
               (args.batch_size >= 1, "--batch-size must be >= 1"),
@@ -115,7 +128,6 @@ def _train(args) -> int:
     for ok, msg in checks:
         if not ok:
             raise SystemExit(f"backendnn train: {msg}")
-    backend = backends.get_backend(args.backend)
     backends.seed(args.seed)
     try:
         X, y = _read_data(args.data, args.target)
@@ -165,40 +177,68 @@ def _train(args) -> int:
     X = scaler.transform(X) if args.scale else X
     train_dl = DataLoader(Dataset(X[train], y[train]), batch_size=args.batch_size, shuffle=True)
     val_dl = DataLoader(Dataset(X[val], y[val]), batch_size=512) if n_val else None
+    return _Prepared(train_dl=train_dl, val_dl=val_dl, task=task, labels=labels, sizes=sizes,
+                     binary=binary, scaler=scaler, n_samples=X.shape[0], n_features=X.shape[1],
+                     n_train=len(train), n_val=n_val)
 
-    if binary:
+
+def _train_model(args, data: _Prepared, comm=None) -> int:
+    """Build the MLP and optimiser, train on `data`, report, plot and save (rank 0
+    prints and writes; every rank trains its part of each batch)."""
+    from . import optim
+    from .checkpoint import save
+    from .losses import BinaryCrossEntropy, CrossEntropy, MeanSquaredError
+    from .metrics import accuracy
+    from .model import MLP
+    from .train import Trainer
+
+    main = comm is None or comm.rank == 0
+    say = print if main else (lambda *a, **k: None)
+    backend = backends.get_backend(args.backend)
+    task, labels, sizes = data.task, data.labels, data.sizes
+    if comm is not None and comm.size > args.batch_size:
+        msg = (f"backendnn train: --batch-size {args.batch_size} (the global batch) is "
+               f"smaller than the number of ranks {comm.size}; use --batch-size >= {comm.size}")
+        raise SystemExit(msg)
+    if data.binary:
         criterion = BinaryCrossEntropy(backend=backend)
     else:
         criterion = (CrossEntropy if task == "classify" else MeanSquaredError)(backend=backend)
     model = MLP(sizes, args.activation, criterion, backend=backend,
-                output_activation="sigmoid" if binary else None)
+                output_activation="sigmoid" if data.binary else None)
     optimizer_cls = getattr(optim, _OPTIMIZERS[args.optimizer])
     lr = args.lr if args.lr is not None else (0.1 if args.optimizer == "sgd" else None)
     optimizer = optimizer_cls(model, **({} if lr is None else {"lr": lr}))
     metric = accuracy if task == "classify" else None
-    trainer = Trainer(model, optimizer, train_dl, val_dl, metric=metric, progress=args.progress)
+    trainer = Trainer(model, optimizer, data.train_dl, data.val_dl, metric=metric,
+                      progress=args.progress, comm=comm)
 
-    print(f"data {args.data}: {X.shape[0]} samples ({len(train)} train, {n_val} validation), "
-          f"{X.shape[1]} features, task {task}"
-          + (f", {len(labels)} classes" if task == "classify" else ""))
-    print(model.summary())
-    print(f"optimizer {optimizer!r}, batch size {args.batch_size}, {args.epochs} epochs")
+    ranks = f", {comm.size} ranks" if comm is not None and comm.size > 1 else ""
+    say(f"data {args.data}: {data.n_samples} samples ({data.n_train} train, {data.n_val} "
+        f"validation), {data.n_features} features, task {task}"
+        + (f", {len(labels)} classes" if task == "classify" else ""))
+    say(model.summary())
+    say(f"optimizer {optimizer!r}, batch size {args.batch_size}, {args.epochs} epochs{ranks}")
     trainer.train(args.epochs, log_level=args.log_every)
     parts = []
-    for name, dl in (("train", train_dl), ("validation", val_dl)):
+    for name, dl in (("train", data.train_dl), ("validation", data.val_dl)):
         if dl is not None:
             loss, score = trainer.evaluate(dl)
             parts.append(f"{name} loss {loss:.4f}" + (f", accuracy {score:.4f}" if metric else ""))
-    print("final: " + " | ".join(parts))
+    say("final: " + " | ".join(parts))
     if args.plot:
         trainer.history.plot(args.plot)
-        print(f"plot: {args.plot}")
+        say(f"plot: {args.plot}")
     if args.save:
+        scaler = data.scaler
         extra = {"data": args.data, "task": task, "classes": labels if task == "classify" else None,
                  "scale": ({"mean": scaler.mean_.tolist(), "std": scaler.scale_.tolist()}
                            if args.scale else None)}
-        save(model, args.save, trainer=trainer, extra=extra)
-        print(f"saved: {args.save}")
+        if main:
+            save(model, args.save, trainer=trainer, extra=extra)
+        if comm is not None:
+            comm.barrier()
+        say(f"saved: {args.save}")
     return 0
 
 
@@ -232,7 +272,8 @@ def _add_train(verbs) -> None:
                    choices=[k for k, v in _OPTIMIZERS.items() if hasattr(optim, v)])
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: 0.1 for "
                    "sgd, else the optimiser's torch default)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="samples per step; under mpiexec, the global batch shared by the ranks")
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of the samples held out for validation")
     p.add_argument("--no-scale", dest="scale", action="store_false",

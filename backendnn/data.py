@@ -5,6 +5,7 @@ import math
 
 from array_api_compat import array_namespace
 
+from ._validate import integer
 from .backends import get_backend, to_host
 
 
@@ -99,21 +100,50 @@ class DataLoader:
     def __iter__(self):
         return self.batches(self.backend, self.dtype)
 
-    def batches(self, backend=None, dtype: str | None = None):
-        """Iterate over the batches of one epoch on `backend` in `dtype`."""
+    def batches(self, backend=None, dtype: str | None = None, *, shard=None):
+        """Iterate over the batches of one epoch on `backend` in `dtype`.
+
+        `shard=(rank, size)`: yield only rank's part of each batch, rows
+        [rank * b // size, (rank + 1) * b // size) of a batch of b (parts differ by
+        at most one row; a last batch smaller than `size` leaves some parts empty).
+        Every rank draws the same seeded order, so the parts of all ranks together
+        are exactly the one-process batches: `batch_size` stays the global batch."""
         backend = get_backend(backend)
+        rank, size = self._shard(shard)
         X, y = self.dataset.on(backend, dtype or self.dtype)
         xp, n, bs = backend.xp, len(self.dataset), self.batch_size
         stop = n - n % bs if self.drop_last else n
-        if self.shuffle:
-            order = backend.asarray(backend.permutation(n))
-            for i in range(0, stop, bs):
-                idx = order[i:min(i + bs, n)]
+        order = backend.asarray(backend.permutation(n)) if self.shuffle else None
+        for i in range(0, stop, bs):
+            j = min(i + bs, n)
+            if size > 1:
+                i, j = i + rank * (j - i) // size, i + (rank + 1) * (j - i) // size
+            if order is not None:
+                idx = order[i:j]
                 yield xp.take(X, idx, axis=0), xp.take(y, idx, axis=0)
-        else:
-            for i in range(0, stop, bs):
-                j = min(i + bs, n)
+            else:
                 yield X[i:j, ...], y[i:j, ...]
+
+    def batch_sizes(self) -> list[int]:
+        """The size of each (global) batch of an epoch, in order."""
+        n, bs = len(self.dataset), self.batch_size
+        stop = n - n % bs if self.drop_last else n
+        return [min(bs, n - i) for i in range(0, stop, bs)]
+
+    def _shard(self, shard) -> tuple[int, int]:
+        if shard is None:
+            return 0, 1
+        rank, size = (integer("DataLoader.batches", f"shard[{k}]", v, minimum=m)
+                      for k, (v, m) in enumerate(zip(shard, (0, 1))))
+        if rank >= size:
+            msg = f"DataLoader.batches: `shard` rank {rank} must be below the size {size}"
+            raise ValueError(msg)
+        if self.batch_size < size:
+            msg = (f"DataLoader: the global `batch_size` {self.batch_size} is smaller than "
+                   f"the number of ranks {size}: every rank needs a part of each batch; "
+                   f"use batch_size >= {size} or fewer ranks")
+            raise ValueError(msg)
+        return rank, size
 
     def __repr__(self):
         return (f"DataLoader({self.dataset!r}, batch_size={self.batch_size}, "

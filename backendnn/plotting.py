@@ -33,9 +33,17 @@ def _epoch_axis(ax):
 
 
 def _save(fig, path):
-    if path is not None:
+    """Write `fig` to `path`; under data-parallel training (`backendnn.distributed`),
+    only rank 0 writes."""
+    if path is not None and _is_main():
         fig.savefig(os.fspath(path), dpi=100)
     return fig
+
+
+def _is_main() -> bool:
+    from .distributed import is_main
+
+    return is_main()
 
 
 def _numbers(values) -> list:

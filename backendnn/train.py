@@ -65,6 +65,15 @@ class Trainer:
             (`Backend.can_capture`: CuPy, as a CUDA graph; elsewhere it does
             nothing). Same results as capture=False; the step must update state in
             place and draw no random numbers, as `backendnn.capture.CapturedStep` explains.
+        comm: a communicator from `backendnn.distributed.init()`: train data-parallel
+            over its ranks (`backendnn.distributed.DataParallel`): parameters and
+            buffers broadcast from rank 0 at the start of `train`, each rank a part of
+            every global batch (a DataLoader's `batch_size` is the global batch),
+            gradients summed over ranks weighted by sample counts (the one-process
+            gradient), losses and metrics reduced (History is the same on every
+            rank); only rank 0 prints and shows progress. An exception on one rank
+            ends every rank (MPI_Abort) with that rank's error. None, or a size-1
+            communicator: one process, as without it.
 
     The loss is read back from the device once per epoch, where it is also checked:
     a NaN or infinite batch loss stops training with the epoch and batch it came from.
@@ -75,10 +84,20 @@ class Trainer:
 
     def __init__(self, model, optimizer, train_dl, val_dl=None, metric=None, *,
                  progress: bool | None = None, callbacks=(), scheduler=None,
-                 max_grad_norm: float | None = None, capture: bool = False):
+                 max_grad_norm: float | None = None, capture: bool = False, comm=None):
         if not isinstance(capture, bool):
             msg = f"Trainer: `capture` must be True or False, got {capture!r}"
             raise TypeError(msg)
+        self.comm, self._dp = comm, None
+        if comm is not None:
+            if not all(hasattr(comm, a) for a in ("rank", "size", "allreduce")):
+                msg = ("Trainer: `comm` must be a communicator from "
+                       f"backendnn.distributed.init(), got {type(comm).__name__}")
+                raise TypeError(msg)
+            if comm.size > 1:
+                self._dp = self._data_parallel(model, optimizer, comm, train_dl, capture,
+                                               max_grad_norm)
+        self.is_main = comm is None or comm.rank == 0
         self.capture = capture
         self._captured = None
         self.model, self.optimizer = model, optimizer
@@ -87,9 +106,31 @@ class Trainer:
         self.callbacks = list(callbacks or ())
         self.stop_training = False
         self.train_dl, self.val_dl, self.metric = train_dl, val_dl, metric
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and self.is_main
         self.history = History()
         self.epoch = 0
+
+    @staticmethod
+    def _data_parallel(model, optimizer, comm, train_dl, capture, max_grad_norm):
+        from .distributed import DataParallel
+
+        if capture and model.backend.can_capture:
+            msg = ("Trainer: capture=True cannot be combined with `comm` of more than one "
+                   "rank (the gradient allreduce runs outside the captured step)")
+            raise ValueError(msg)
+        batch_size = getattr(train_dl, "batch_size", None)
+        if isinstance(batch_size, int) and batch_size < comm.size:
+            msg = (f"Trainer: the global batch size {batch_size} is smaller than the number "
+                   f"of ranks {comm.size}: every rank needs a part of each batch; use "
+                   f"batch_size >= {comm.size} or fewer ranks")
+            raise ValueError(msg)
+        return DataParallel(model, optimizer, comm, max_grad_norm=max_grad_norm)
+
+    def _parts(self, dl):
+        """(x, y, start, n_global) per batch: this rank's part under `comm`, else all."""
+        if self._dp is not None:
+            return self._dp.batches(self, dl)
+        return ((x, y, 0, None) for x, y in self._batches(dl))
 
     def _batches(self, dl):
         batches = getattr(dl, "batches", None)
@@ -100,8 +141,12 @@ class Trainer:
     def train_one_epoch(self) -> float:
         """Train for one epoch; return the mean per-sample training loss."""
         model, xp = self.model, self.model.backend.xp
+        dp = self._dp
         step = self._step
-        if self.capture and model.backend.can_capture:
+        if dp is not None:
+            step = dp.step
+            dp.max_grad_norm = self.max_grad_norm
+        elif self.capture and model.backend.can_capture:
             if self._captured is None or self._captured.backend is not model.backend:
                 self._captured = CapturedStep(self)
             step = self._captured
@@ -111,8 +156,8 @@ class Trainer:
         bar = tqdm(total=_len(self.train_dl), desc=f"epoch {self.epoch}", leave=False,
                    disable=not self.progress, file=sys.stderr)
         with bar, self._labels_known(self.train_dl):
-            for x, y in self._batches(self.train_dl):
-                losses.append(step(x, y))
+            for x, y, start, n_global in self._parts(self.train_dl):
+                losses.append(step(x, y) if dp is None else step(x, y, start, n_global))
                 n += x.shape[0]
                 bar.update()
             if not losses:
@@ -121,6 +166,8 @@ class Trainer:
                        "already used up: pass a list or a DataLoader)")
                 raise ValueError(msg)
             per_batch = model.backend.to_numpy(xp.stack(losses)).tolist()
+            if dp is not None:
+                per_batch, n = dp.reduce_losses(per_batch, n)
             bad = [i for i, v in enumerate(per_batch) if not math.isfinite(v)]
             if bad:
                 msg = (
@@ -162,8 +209,19 @@ class Trainer:
             msg = f"Trainer.train: `n_epochs` must be a non-negative int, got {n_epochs!r}"
             raise ValueError(msg)
         self.stop_training = False
-        for cb in self.callbacks:
-            cb.on_train_begin(self)
+        try:
+            if self._dp is not None:
+                self._dp.setup()
+            for cb in self.callbacks:
+                cb.on_train_begin(self)
+            self._train(n_epochs, log_level)
+        except BaseException as e:
+            if self._dp is not None and not isinstance(e, KeyboardInterrupt):
+                self.comm.fail(e)  # ends every rank: none waits for this one forever
+            raise
+        return self.history
+
+    def _train(self, n_epochs: int, log_level: int) -> None:
         try:
             for _ in range(n_epochs):
                 for cb in self.callbacks:
@@ -173,10 +231,12 @@ class Trainer:
                 if self.scheduler is not None:
                     row["lr"] = self.optimizer.param_groups[0]["lr"]
                     self.scheduler.step()
+                if self._dp is not None:
+                    self._dp.sync_buffers()
                 if self.val_dl is not None:
                     row["val_loss"], row["val_metric"] = self.evaluate(self.val_dl)
                 self.history.append(row)
-                if log_level and (self.epoch + 1) % log_level == 0:
+                if log_level and (self.epoch + 1) % log_level == 0 and self.is_main:
                     print(_format(row))
                 self.epoch += 1
                 for cb in self.callbacks:
@@ -186,11 +246,11 @@ class Trainer:
         finally:
             for cb in self.callbacks:
                 cb.on_train_end(self)
-        return self.history
 
     def evaluate(self, dl) -> tuple[float, float]:
         """Mean per-sample loss and the sample-weighted metric over `dl`, as floats
-        (metric is NaN without a metric function)."""
+        (metric is NaN without a metric function). With `comm`, over every rank's
+        part of `dl`: the same numbers on every rank."""
         model, xp = self.model, self.model.backend.xp
         modes = [layer.training for layer in model.layers]  # each restored, not all as one
         model.eval()
@@ -198,7 +258,9 @@ class Trainer:
         n = 0
         try:
             with self._labels_known(dl):
-                for x, y in self._batches(dl):
+                for x, y, _, _ in self._parts(dl):
+                    if x.shape[0] == 0:
+                        continue
                     y_hat = model(x)
                     loss = loss + xp.sum(model.criterion(y_hat, y))
                     if self.metric is not None:
@@ -207,10 +269,13 @@ class Trainer:
         finally:
             for layer, mode in zip(model.layers, modes):
                 layer.train(mode)
+        loss, metric = float(loss), float(metric)
+        if self._dp is not None:
+            loss, metric, n = self._dp.reduce_sums([loss, metric, n])
         if n == 0:
             msg = "Trainer.evaluate: the loader yielded no batches"
             raise ValueError(msg)
-        return float(loss) / n, (float(metric) / n if self.metric is not None else math.nan)
+        return loss / n, (metric / n if self.metric is not None else math.nan)
 
 
 def _scheduler(scheduler):
