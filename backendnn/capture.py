@@ -109,8 +109,7 @@ def _capture_key(trainer) -> tuple:
     arrays = [id(p.value) for p in optimizer.params]
     arrays += [id(v) for state in optimizer.state for v in state.values()
                if not isinstance(v, (bool, int, float))]
-    arrays += [id(getattr(layer, name, None)) for layer in trainer.model.layers
-               for name in layer.buffer_names]
+    arrays += [id(buffer) for _, buffer in trainer.model.named_buffers()]
     return groups, trainer.max_grad_norm, tuple(arrays)
 
 
@@ -123,9 +122,8 @@ def _step_state(trainer) -> dict:
         state[f"parameter {i} ({param!r})"] = param.value
         for key, value in optimizer.state[i].items():
             state[f"optimiser state {key!r} of parameter {i} ({param!r})"] = value
-    for j, layer in enumerate(model.layers):
-        for name in layer.buffer_names:
-            state[f"buffer {name!r} of layer {j} ({type(layer).__name__})"] = getattr(layer, name, None)
+    for name, buffer in model.named_buffers():
+        state[f"buffer {name!r}"] = buffer
     return state
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import random
 
-from .backends import host_rng
+from .backends import random_state_kept
 
 
 def gradcheck(model, x, y, *, eps: float = 1e-5, max_checks: int = 30, seed: int = 0,
@@ -33,14 +33,9 @@ def gradcheck(model, x, y, *, eps: float = 1e-5, max_checks: int = 30, seed: int
         msg = f"gradcheck: `mode` must be 'train' or 'eval', got {mode!r}"
         raise ValueError(msg)
     backend = model.backend
-    host_state = host_rng().bit_generator.state
-    device_state = backend.device_rng_state()
-    try:
+    with random_state_kept(backend):
         return _gradcheck(copy.deepcopy(model).to(backend, "float64"), x, y, eps=eps,
                           max_checks=max_checks, seed=seed, mode=mode)
-    finally:
-        host_rng().bit_generator.state = host_state
-        backend.set_device_rng_state(device_state)
 
 
 def _gradcheck(model, x, y, *, eps, max_checks, seed, mode) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 
 import numpy as np
 
@@ -20,6 +21,7 @@ __all__ = [
     "BackendEnvironmentError",
     "seed",
     "host_rng",
+    "random_state_kept",
     "to_host",
     "load_npz",
 ]
@@ -68,6 +70,24 @@ def seed(n: int) -> None:
 def host_rng() -> np.random.Generator:
     """The seeded host NumPy generator (replaced by every `seed` call)."""
     return _HOST["rng"]
+
+
+@contextlib.contextmanager
+def random_state_kept(backend=None):
+    """Run the block, then put every random state back as it was: the host
+    generator (object, bit state, seed and generation counter, so device streams
+    keyed on it do not restart) and `backend`'s device generator when given.
+    gradcheck and the parity battery draw numbers without changing a later run."""
+    saved = dict(_HOST)
+    bits = saved["rng"].bit_generator.state
+    device = None if backend is None else backend.device_rng_state()
+    try:
+        yield
+    finally:
+        _HOST.update(saved)
+        _HOST["rng"].bit_generator.state = bits
+        if backend is not None:
+            backend.set_device_rng_state(device)
 
 
 def to_host(obj) -> np.ndarray:
@@ -350,6 +370,156 @@ class Backend:
         key = next((k for k, b in _instances.items() if b is self), self.name)
         return get, (key,)
 
+    # --- convolution and pooling (NCHW): portable im2col, overridden by fast paths ---
+    # `padding` is (top, bottom, left, right); `stride`, `dilation`, `kernel` are (h, w)
+    # pairs. Each forward returns (y, saved): `saved` is what its backprop needs, in a
+    # form only this backend reads (the layer keeps it and hands it back). `workspace`
+    # is a dict the calling layer owns, where a backend may keep buffers between steps.
+    def conv2d(self, x, weights, bias, stride, padding, dilation, groups, workspace=None):
+        """Cross-correlation of x with weights, as torch.nn.functional.conv2d.
+
+        Portable: im2col from kh·kw strided slices of the zero-padded input, stacked
+        into columns (batch, groups, in_channels/groups·kh·kw, Ho·Wo), and one
+        (broadcast, batched over groups) matrix product with the weights.
+        Shape: x (N, C, H, W), weights (O, C/groups, kh, kw), bias (O,) or None ->
+        y (N, O, Ho, Wo) with Ho = (H + pt + pb - dh (kh - 1) - 1) // sh + 1.
+        """
+        xp = self.xp
+        n, c, h, w = x.shape
+        o, cg, kh, kw = weights.shape
+        xpad = self._pad2d(x, padding, 0.0)
+        ho, wo = self._out_size(xpad.shape, (kh, kw), stride, dilation)
+        k = cg * kh * kw
+        cols = xp.stack(self._slices(xpad, (kh, kw), stride, dilation, (ho, wo)), axis=2)
+        cols = xp.reshape(cols, (n, groups, k, ho * wo))
+        wm = xp.reshape(weights, (groups, o // groups, k))
+        y = xp.reshape(wm @ cols, (n, o, ho, wo))
+        if bias is not None:
+            y = y + xp.reshape(bias, (o, 1, 1))
+        return y, (cols, weights, tuple(x.shape), tuple(xpad.shape), (kh, kw), stride,
+                   padding, dilation, groups, bias is not None)
+
+    def backprop_conv2d(self, grad, saved, input_grad=True):
+        """(dL/dx or None, dL/dweights, dL/dbias or None) from dL/dy and `conv2d`'s saved
+        state: the weight gradient is one batched product of grad with the columns
+        (summed over the batch, as `Linear`'s); dL/dx is col2im, the kh·kw column
+        slices added into the padded input's gradient.
+        Shape: grad (N, O, Ho, Wo) -> (N, C, H, W), (O, C/groups, kh, kw), (O,).
+        """
+        xp = self.xp
+        cols, weights, x_shape, pad_shape, kernel, stride, padding, dilation, groups, \
+            has_bias = saved
+        n, g, k, m = cols.shape
+        o = weights.shape[0]
+        gy = xp.reshape(grad, (n, g, o // g, m))
+        gy_g = xp.reshape(xp.permute_dims(gy, (1, 2, 0, 3)), (g, o // g, n * m))
+        # columns (g, n·m, k) in the order (batch, position) gy_g's columns take
+        cols_t = xp.reshape(xp.permute_dims(cols, (1, 0, 3, 2)), (g, n * m, k))
+        gw = xp.reshape(gy_g @ cols_t, weights.shape)
+        gb = xp.sum(grad, axis=(0, 2, 3)) if has_bias else None
+        if not input_grad:
+            return None, gw, gb
+        wm = xp.reshape(weights, (g, o // g, k))
+        gcols = xp.matrix_transpose(wm) @ gy  # (n, g, k, m)
+        ho, wo = grad.shape[2], grad.shape[3]
+        gcols = xp.reshape(gcols, (n, x_shape[1], kernel[0] * kernel[1], ho, wo))
+        gx = xp.zeros(pad_shape, dtype=grad.dtype, device=self.device)
+        for i, idx in enumerate(self._slice_keys(kernel, stride, dilation, (ho, wo))):
+            gx[idx] += gcols[:, :, i, :, :]
+        return self._crop(gx, x_shape, padding), gw, gb
+
+    def max_pool2d(self, x, kernel, stride, padding, workspace=None):
+        """Max over each kh×kw window (padding counts as -inf), keeping the index of
+        each window's first largest value (0 .. kh·kw-1), as torch's MaxPool2d.
+        Shape: x (N, C, H, W) -> y (N, C, Ho, Wo); saved: the indices, same shape."""
+        xp = self.xp
+        xpad = self._pad2d(x, padding, -float("inf"))
+        out = self._out_size(xpad.shape, kernel, stride, (1, 1))
+        windows = xp.stack(self._slices(xpad, kernel, stride, (1, 1), out), axis=0)
+        idx = xp.argmax(windows, axis=0)
+        y = xp.max(windows, axis=0)
+        return y, (idx, tuple(x.shape), tuple(xpad.shape), kernel, stride, padding)
+
+    def backprop_max_pool2d(self, grad, saved):
+        """dL/dx: each window's gradient added at its kept index.  Shape: y's -> x's."""
+        xp = self.xp
+        idx, x_shape, pad_shape, kernel, stride, padding = saved
+        gx = xp.zeros(pad_shape, dtype=grad.dtype, device=self.device)
+        out = tuple(grad.shape[2:])
+        for i, key in enumerate(self._slice_keys(kernel, stride, (1, 1), out)):
+            gx[key] += xp.where(idx == i, grad, xp.zeros_like(grad))
+        return self._crop(gx, x_shape, padding)
+
+    def avg_pool2d(self, x, kernel, stride, padding, workspace=None):
+        """Mean over each kh×kw window, zero padding counted (torch's default).
+        Shape: x (N, C, H, W) -> y (N, C, Ho, Wo)."""
+        xpad = self._pad2d(x, padding, 0.0)
+        out = self._out_size(xpad.shape, kernel, stride, (1, 1))
+        parts = self._slices(xpad, kernel, stride, (1, 1), out)
+        y = parts[0]
+        for part in parts[1:]:
+            y = y + part
+        y = y * (1.0 / (kernel[0] * kernel[1]))
+        return y, (tuple(x.shape), tuple(xpad.shape), kernel, stride, padding)
+
+    def backprop_avg_pool2d(self, grad, saved):
+        """dL/dx: each window's gradient / (kh·kw) added over the window."""
+        xp = self.xp
+        x_shape, pad_shape, kernel, stride, padding = saved
+        gx = xp.zeros(pad_shape, dtype=grad.dtype, device=self.device)
+        share = grad * (1.0 / (kernel[0] * kernel[1]))
+        for key in self._slice_keys(kernel, stride, (1, 1), tuple(grad.shape[2:])):
+            gx[key] += share
+        return self._crop(gx, x_shape, padding)
+
+    def _pad2d(self, x, padding, value):
+        """x (N, C, H, W) with `padding` (top, bottom, left, right) rows and columns of
+        `value` around it; x itself without padding."""
+        if not any(padding):
+            return x
+        xp = self.xp
+        pt, pb, pl, pr = padding
+        n, c, h, w = x.shape
+        out = xp.full((n, c, h + pt + pb, w + pl + pr), value, dtype=x.dtype,
+                      device=self.device)
+        out[:, :, pt:pt + h, pl:pl + w] = x
+        return out
+
+    @staticmethod
+    def _out_size(padded_shape, kernel, stride, dilation) -> tuple[int, int]:
+        """(Ho, Wo) of a window sweep over a padded (N, C, Hp, Wp) input."""
+        return tuple((padded_shape[2 + a] - dilation[a] * (kernel[a] - 1) - 1) // stride[a] + 1
+                     for a in (0, 1))
+
+
+    @staticmethod
+    def _slice_keys(kernel, stride, dilation, out) -> list:
+        """The index of each kernel offset (i, j), row-major: the (N, C, Ho, Wo) slice of
+        the padded input that offset sees."""
+        keys = []
+        for i in range(kernel[0]):
+            r = i * dilation[0]
+            for j in range(kernel[1]):
+                c = j * dilation[1]
+                keys.append((slice(None), slice(None),
+                             slice(r, r + stride[0] * (out[0] - 1) + 1, stride[0]),
+                             slice(c, c + stride[1] * (out[1] - 1) + 1, stride[1])))
+        return keys
+
+
+    @staticmethod
+    def _slices(xpad, kernel, stride, dilation, out) -> list:
+        return [xpad[key] for key in Backend._slice_keys(kernel, stride, dilation, out)]
+
+
+    @staticmethod
+    def _crop(gx, x_shape, padding):
+        """The unpadded part of a padded input's gradient."""
+        if not any(padding):
+            return gx
+        pt, _, pl, _ = padding
+        return gx[:, :, pt:pt + x_shape[2], pl:pl + x_shape[3]]
+
 
 def _check_rng_state(state) -> None:
     if state is not None and not isinstance(state, dict):
@@ -362,4 +532,3 @@ def _np_dtype(dtype):
     if isinstance(dtype, str):
         return np.dtype(dtype)
     return np.dtype(str(dtype).rsplit(".", 1)[-1])
-

@@ -42,6 +42,19 @@ def _isolated_state(monkeypatch):
     backends.set_backend(previous)
 
 
+def host(backend, x) -> np.ndarray:
+    """A host NumPy copy of `x` (never sharing memory with it), float64 if floating,
+    for comparisons in NumPy."""
+    a = np.array(backend.to_numpy(x), copy=True)
+    return a.astype(np.float64) if a.dtype.kind == "f" else a
+
+
+@pytest.fixture
+def torch():
+    """PyTorch, the reference for layers and optimisers; tests skip without it."""
+    return pytest.importorskip("torch")
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
@@ -55,6 +68,10 @@ def has_cuda() -> bool:
         return False
 
 
-cuda = pytest.mark.skipif(not has_cuda(), reason="needs CuPy with a usable CUDA device")
+def cuda(fn):
+    """A test that needs a CUDA device: marked `cuda` (so `pytest -m cuda` selects the
+    GPU subset) and skipped with the reason where none is usable."""
+    fn = pytest.mark.cuda(fn)
+    return pytest.mark.skipif(not has_cuda(), reason="needs CuPy with a usable CUDA device")(fn)
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")

@@ -1,6 +1,7 @@
 """Bad input gives a clear error; nothing is silently wrong."""
 import numpy as np
 import pytest
+from conftest import host
 
 import backendnn
 from backendnn import (
@@ -27,9 +28,6 @@ from backendnn.layers import NotReadyError
 
 OTHERS = ("numpy", "array_api_strict", "torch")
 
-
-def host(backend, x):
-    return np.array(backend.to_numpy(x), dtype=np.float64, copy=True)
 
 
 def get_or_skip(name):

@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import host
 
 import backendnn
 from backendnn import (
@@ -20,9 +21,6 @@ from backendnn import (
     normalize,
 )
 
-
-def host(backend, x):
-    return np.array(backend.to_numpy(x), copy=True)
 
 
 def blobs(rng, n=40, d=3):

@@ -3,6 +3,7 @@ sub_scaled): every backend against float64 NumPy, NumPy's fast overrides against
 portable fallbacks of `Backend`, and no array of one step overwritten by the next."""
 import numpy as np
 import pytest
+from conftest import host
 
 import backendnn
 from backendnn import SGD, CrossEntropy, Linear, ReLU, Sequential
@@ -12,9 +13,6 @@ F32 = {"rtol": 1e-5, "atol": 1e-6}
 KERNELS = ("relu", "backprop_relu", "batch_sum", "softmax_cross_entropy")
 UPDATES = ("sub_scaled",)
 
-
-def host(backend, x):
-    return np.array(backend.to_numpy(x), dtype=np.float64, copy=True)
 
 
 def ref_cross_entropy(z, y):

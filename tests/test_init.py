@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import host
 
 import backendnn
 from backendnn import Linear, init
@@ -23,9 +24,6 @@ EXPECTED = {
 }
 NAMES = list(EXPECTED)
 
-
-def host(backend, x):
-    return np.array(backend.to_numpy(x), dtype=np.float64, copy=True)
 
 
 def check_distribution(w, kind, scale):

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import host
 from array_api_compat import device as device_of
 
 import backendnn
@@ -15,10 +16,6 @@ from backendnn import LeakyReLU, Linear, MeanSquaredError, ReLU, Sequential, Sig
 F32 = {"rtol": 1e-5, "atol": 1e-6}
 F64 = {"rtol": 1e-12, "atol": 1e-14}
 
-
-def host(backend, x):
-    """A float64 host copy (to_numpy may share memory with the array)."""
-    return np.array(backend.to_numpy(x), dtype=np.float64, copy=True)
 
 
 def tol(dtype):

@@ -3,14 +3,12 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import host
 
 from backendnn import BinaryCrossEntropy, CrossEntropy, MeanSquaredError
 
 F32 = {"rtol": 1e-5, "atol": 1e-6}
 
-
-def host(backend, x):
-    return np.array(backend.to_numpy(x), dtype=np.float64, copy=True)
 
 
 def ref_log_softmax(z):

@@ -1,6 +1,7 @@
 """Sequential (seed 000) and MLP (seed 001) against float64 NumPy references."""
 import numpy as np
 import pytest
+from conftest import host
 
 import backendnn
 from backendnn import (
@@ -19,9 +20,6 @@ from backendnn import backends
 
 F32 = {"rtol": 1e-5, "atol": 1e-6}
 
-
-def host(backend, x):
-    return np.array(backend.to_numpy(x), dtype=np.float64, copy=True)
 
 
 def two_layer(backend, criterion=None):

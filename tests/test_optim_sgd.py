@@ -1,6 +1,7 @@
 """SGD step for step against torch.optim.SGD, fed the same weights and gradients."""
 import numpy as np
 import pytest
+from conftest import host
 
 import backendnn
 from backendnn import SGD, Layer, Linear, MeanSquaredError, ReLU, Sequential, Tanh
@@ -15,9 +16,6 @@ CONFIGS = [
     {"lr": 0.05, "momentum": 0.5, "dampening": 0.5, "weight_decay": 0.1},
 ]
 
-
-def host(backend, x):
-    return np.array(backend.to_numpy(x), copy=True)
 
 
 def small_model(backend, dtype="float32"):

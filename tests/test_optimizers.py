@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import host
 
 import backendnn
 from backendnn import SGD, Adam, AdamW, Linear, MeanSquaredError, RMSprop, Sequential, Tanh
@@ -46,9 +47,6 @@ def torch():
     """The oracle; tests that need it skip where it is missing."""
     return pytest.importorskip("torch")
 
-
-def host(backend, x):
-    return np.array(backend.to_numpy(x), copy=True)
 
 
 def small_model(backend, dtype="float32"):

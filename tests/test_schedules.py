@@ -148,8 +148,20 @@ def test_resume_from_state_dicts_equals_a_straight_run():
         resumed_sched.step()
     assert_close(lrs(resumed), lrs(straight))
     assert resumed_sched.last_epoch == 10
-    with pytest.raises(ValueError, match=r"unknown entries \['gamma'\]"):
+    with pytest.raises(ValueError, match=r"expected the entries .* got \['gamma'\]"):
         resumed_sched.load_state_dict({"gamma": 0.5})
+
+
+def test_state_dict_of_backendnn_0_1_still_loads():
+    """Version 0.1 saved the schedule's attributes, private ones included."""
+    opt = our_optimizer()
+    sched = StepLR(opt, step_size=2, gamma=0.5)
+    old = {"base_lrs": [0.1, 0.2], "last_epoch": 3, "_initial": False,
+           "_last_lr": [0.05, 0.1], "step_size": 2, "gamma": 0.5}
+    sched.load_state_dict(old)
+    assert sched.last_epoch == 3 and sched.get_last_lr() == [0.05, 0.1]
+    assert sched.state_dict() == {"last_epoch": 3, "base_lrs": [0.1, 0.2], "last_lr": [0.05, 0.1],
+                                  "step_size": 2, "gamma": 0.5}
 
 
 def test_chained_state_dict_round_trip():
@@ -171,12 +183,12 @@ def test_chained_state_dict_round_trip():
 
 @pytest.mark.parametrize("make, error, match", [
     (lambda o: StepLR(o, step_size=0), ValueError, "StepLR: `step_size` must be a positive int, got 0"),
-    (lambda o: StepLR(o, step_size=2.5), ValueError, "`step_size` must be a positive int"),
-    (lambda o: StepLR(o, step_size=2, gamma=-0.1), ValueError, "`gamma` must be a number > 0.0"),
-    (lambda o: ExponentialLR(o, gamma="0.9"), ValueError, "ExponentialLR: `gamma`"),
+    (lambda o: StepLR(o, step_size=2.5), TypeError, "`step_size` must be a positive int"),
+    (lambda o: StepLR(o, step_size=2, gamma=-0.1), ValueError, r"`gamma` must be a number in \(0, inf\]"),
+    (lambda o: ExponentialLR(o, gamma="0.9"), TypeError, "ExponentialLR: `gamma`"),
     (lambda o: CosineAnnealingLR(o, T_max=0), ValueError, "`T_max` must be a positive int"),
     (lambda o: CosineAnnealingLR(o, T_max=5, eta_min=-1.0), ValueError, "`eta_min`"),
-    (lambda o: LinearLR(o, start_factor=0.0), ValueError, "`start_factor` must be a number > 0.0 and <= 1.0"),
+    (lambda o: LinearLR(o, start_factor=0.0), ValueError, r"`start_factor` must be a number in \(0, 1\]"),
     (lambda o: LinearLR(o, end_factor=1.5), ValueError, "`end_factor`"),
     (lambda o: LinearWarmup(o, warmup_epochs=0), ValueError, "LinearWarmup: `warmup_epochs`"),
     (lambda o: StepLR(object(), step_size=1), TypeError, "expected an optimiser with `param_groups`"),

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+from .._validate import integer, number
+
 __all__ = [
     "LRScheduler",
     "StepLR",
@@ -81,28 +83,50 @@ class LRScheduler:
     def _closed_form(self) -> list[float]:
         raise NotImplementedError
 
+    options: tuple[str, ...] = ()  # the constructor's hyperparameters, saved with the state
+
     def state_dict(self) -> dict:
-        """Plain Python values: the options, last_epoch, base_lrs, the last rates."""
-        return {k: (list(v) if isinstance(v, list) else v)
-                for k, v in self.__dict__.items() if k != "optimizer"}
+        """Plain Python values: `last_epoch`, `base_lrs`, `last_lr` (the rates the last
+        step set) and the schedule's options (`options`)."""
+        return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs),
+                "last_lr": list(self._last_lr),
+                **{name: getattr(self, name) for name in self.options}}
 
     def load_state_dict(self, state: dict) -> None:
-        """Take what `state_dict()` gave; the optimiser's rates come from its own state."""
-        unknown = set(state) - set(self.__dict__)
-        if unknown:
-            msg = (f"{type(self).__name__}.load_state_dict: unknown entries {sorted(unknown)}; "
-                   f"expected those of {type(self).__name__}.state_dict()")
+        """Take what `state_dict()` gave; the optimiser's rates come from its own state.
+        Entries are checked before anything changes."""
+        name = type(self).__name__
+        if isinstance(state, dict) and "_last_lr" in state:  # written by backendnn 0.1
+            state = {("last_lr" if k == "_last_lr" else k): v
+                     for k, v in state.items() if k != "_initial"}
+        expected = {"last_epoch", "base_lrs", "last_lr", *self.options}
+        if not isinstance(state, dict) or set(state) != expected:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            msg = (f"{name}.load_state_dict: expected the entries {sorted(expected)} of "
+                   f"{name}.state_dict(), got {got}")
             raise ValueError(msg)
-        self.__dict__.update({k: list(v) if isinstance(v, tuple) else v for k, v in state.items()})
+        n = len(self.optimizer.param_groups)
+        for key in ("base_lrs", "last_lr"):
+            value = state[key]
+            if not isinstance(value, (list, tuple)) or len(value) != n:
+                msg = f"{name}.load_state_dict: `{key}` must list {n} rates, got {value!r}"
+                raise ValueError(msg)
+        last_epoch = integer(name, "last_epoch", state["last_epoch"], minimum=0)
+        base = [number(name, "base_lrs", v, low=0.0) for v in state["base_lrs"]]
+        last = [number(name, "last_lr", v, low=0.0) for v in state["last_lr"]]
+        for option in self.options:
+            setattr(self, option, state[option])
+        self.last_epoch, self.base_lrs, self._last_lr = last_epoch, base, last
 
     def __repr__(self):
-        options = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items()
-                            if not k.startswith("_") and k not in ("optimizer", "base_lrs"))
+        options = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.options)
         return f"{type(self).__name__}({options})"
 
 
 class StepLR(LRScheduler):
     """lr = base_lr * gamma ** (epoch // step_size): decay by `gamma` every `step_size` epochs."""
+
+    options = ("step_size", "gamma")
 
     def __init__(self, optimizer, step_size: int, gamma: float = 0.1):
         _positive_int(self, "step_size", step_size)
@@ -121,6 +145,8 @@ class StepLR(LRScheduler):
 
 class ExponentialLR(LRScheduler):
     """lr = base_lr * gamma ** epoch."""
+
+    options = ("gamma",)
 
     def __init__(self, optimizer, gamma: float):
         _number(self, "gamma", gamma, lower=0.0, strict=True)
@@ -142,6 +168,8 @@ class CosineAnnealingLR(LRScheduler):
     SGDR, Loshchilov & Hutter, 2017, https://arxiv.org/abs/1608.03983). Computed
     recursively from the current rate, as torch does, so it composes.
     """
+
+    options = ("T_max", "eta_min")
 
     def __init__(self, optimizer, T_max: int, eta_min: float = 0.0):  # noqa: N803 (torch's name)
         _positive_int(self, "T_max", T_max)
@@ -167,6 +195,8 @@ class CosineAnnealingLR(LRScheduler):
 class LinearLR(LRScheduler):
     """lr = base_lr * factor, the factor going linearly from `start_factor` at
     epoch 0 to `end_factor` at epoch `total_iters`, then kept (torch's LinearLR)."""
+
+    options = ("start_factor", "end_factor", "total_iters")
 
     def __init__(self, optimizer, start_factor: float = 1.0 / 3, end_factor: float = 1.0,
                  total_iters: int = 5):
@@ -249,17 +279,10 @@ class ChainedScheduler:
         return f"ChainedScheduler({self.schedulers!r})"
 
 
-def _positive_int(owner, name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        msg = f"{type(owner).__name__}: `{name}` must be a positive int, got {value!r}"
-        raise ValueError(msg)
+def _positive_int(owner, name: str, value) -> int:
+    return integer(type(owner).__name__, name, value, minimum=1)
 
 
 def _number(owner, name: str, value, *, lower: float, strict: bool = False,
-            upper: float | None = None) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and (value > lower if strict else value >= lower) and (upper is None or value <= upper)
-    if not ok:
-        bound = f"{'>' if strict else '>='} {lower}" + (f" and <= {upper}" if upper is not None else "")
-        msg = f"{type(owner).__name__}: `{name}` must be a number {bound}, got {value!r}"
-        raise ValueError(msg)
+            upper: float | None = None) -> float:
+    return number(type(owner).__name__, name, value, low=lower, high=upper, low_open=strict)

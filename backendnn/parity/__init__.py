@@ -57,10 +57,7 @@ def run(backend, *, components=None, seed: int = 0, epochs: int = 3) -> Report:
     b = ctx.backend
     version = b.version()
     report = Report(b.name, f"{b.name}{'' if version == '?' else ' ' + version} on {b.device}")
-    saved = dict(_base._HOST)
-    try:
+    with _base.random_state_kept(b):
         for name in chosen:
             report.results += BATTERY[name](ctx)
-    finally:
-        _base._HOST["rng"], _base._HOST["seed"] = saved["rng"], saved["seed"]
     return report

@@ -160,9 +160,8 @@ def layer_pair(ctx, case, cls, batch_n, make_input, k, dtype="float32"):
         seen.append((f"{title} {what}", actual, source, f"{tag} {label}"))
 
     keep(forward, "output", "output", y, y_ref, x)
-    for name in layer.buffer_names:
-        if getattr(layer, name, None) is not None:
-            keep(forward, name, name, getattr(layer, name), getattr(ref, name), x)
+    for (name, buf), (_, buf_ref) in zip(layer.named_buffers(), ref.named_buffers()):
+        keep(forward, name, name, buf, buf_ref, x)
     g_host = ctx.rounded(rng.normal(0.0, 1.0, tuple(y.shape)), dtype)
     g = ctx.backend.asarray(g_host, dtype=dtype)
     gx, gx_ref = layer.backward(g), ref.backward(ctx.ref.asarray(g_host, dtype="float64"))
