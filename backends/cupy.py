@@ -146,6 +146,41 @@ class CupyBackend(Backend):
         """
         return _CudaGraphStep(self, fn)
 
+    # --- convolution and pooling: UNVERIFIED (written without a CUDA device) ------------
+    # The NumPy backend's column kernels with CuPy as the array module: a strided
+    # as_strided copy for im2col, one cuBLAS product per pass, col2im as kh·kw
+    # strided adds, max pooling as a running maximum with int8 winner offsets.
+    # tests/test_conv.py::test_cupy_conv_and_pool_match_numpy checks them on a GPU.
+    # Not usable inside `capture_step` (cuBLAS on a capturing stream, see matmul).
+    def conv2d(self, x, weights, bias, stride, padding, dilation, groups, workspace=None):
+        from .numpy import conv2d_columns
+
+        if x.dtype.kind != "f" or x.dtype != weights.dtype or self._capturing:
+            return super().conv2d(x, weights, bias, stride, padding, dilation, groups)
+        return conv2d_columns(self._cupy, x, weights, bias, stride, padding, dilation,
+                              groups, workspace)
+
+    def backprop_conv2d(self, grad, saved, input_grad=True):
+        from .numpy import _ConvSaved, backprop_conv2d_columns
+
+        if not isinstance(saved, _ConvSaved):
+            return super().backprop_conv2d(grad, saved, input_grad)
+        return backprop_conv2d_columns(self._cupy, grad, saved, input_grad)
+
+    def max_pool2d(self, x, kernel, stride, padding, workspace=None):
+        from .numpy import max_pool2d_slices
+
+        if x.dtype.kind != "f" or kernel[0] * kernel[1] > 127:
+            return super().max_pool2d(x, kernel, stride, padding)
+        return max_pool2d_slices(self._cupy, self, x, kernel, stride, padding)
+
+    def backprop_max_pool2d(self, grad, saved):
+        from .numpy import backprop_max_pool2d_slices
+
+        if not (isinstance(saved, tuple) and saved and saved[0] == "slices"):
+            return super().backprop_max_pool2d(grad, saved)
+        return backprop_max_pool2d_slices(self._cupy, self, grad, saved)
+
 
 class _CudaGraphStep:
     """A function recorded once as a CUDA graph, replayed by calling this object."""

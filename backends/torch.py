@@ -86,6 +86,52 @@ class TorchBackend(Backend):
         if self.device.type == "cuda":
             self._torch.cuda.synchronize()
 
+    # --- convolution and pooling: torch's own kernels (oneDNN on CPU, cuDNN on CUDA) ---
+    def conv2d(self, x, weights, bias, stride, padding, dilation, groups, workspace=None):
+        """torch.nn.functional.conv2d; asymmetric padding is applied first with F.pad."""
+        F = self._torch.nn.functional
+        pt, pb, pl, pr = padding
+        if pt == pb and pl == pr:
+            xin, pad = x, (pt, pl)
+        else:
+            xin, pad = F.pad(x, (pl, pr, pt, pb)), (0, 0)
+        y = F.conv2d(xin, weights, bias, stride, pad, dilation, groups)
+        return y, (xin, weights, bias is not None, stride, pad, dilation, groups,
+                   padding, tuple(x.shape))
+
+    def backprop_conv2d(self, grad, saved, input_grad=True):
+        """aten's convolution_backward, the kernel autograd calls."""
+        xin, weights, has_bias, stride, pad, dilation, groups, padding, x_shape = saved
+        bias_sizes = [weights.shape[0]] if has_bias else None
+        gx, gw, gb = self._torch.ops.aten.convolution_backward(
+            grad.contiguous(), xin, weights, bias_sizes, list(stride), list(pad),
+            list(dilation), False, [0, 0], groups, [input_grad, True, has_bias])
+        if input_grad and tuple(gx.shape) != x_shape:
+            gx = self._crop(gx, x_shape, padding)
+        return gx, gw, gb
+
+    def max_pool2d(self, x, kernel, stride, padding, workspace=None):
+        """torch.nn.functional.max_pool2d with its indices."""
+        y, idx = self._torch.nn.functional.max_pool2d(
+            x, kernel, stride, (padding[0], padding[2]), return_indices=True)
+        return y, (x, idx, kernel, stride, (padding[0], padding[2]))
+
+    def backprop_max_pool2d(self, grad, saved):
+        x, idx, kernel, stride, pad = saved
+        return self._torch.ops.aten.max_pool2d_with_indices_backward(
+            grad, x, list(kernel), list(stride), list(pad), [1, 1], False, idx)
+
+    def avg_pool2d(self, x, kernel, stride, padding, workspace=None):
+        """torch.nn.functional.avg_pool2d (padding counted)."""
+        pad = (padding[0], padding[2])
+        y = self._torch.nn.functional.avg_pool2d(x, kernel, stride, pad)
+        return y, (x, kernel, stride, pad)
+
+    def backprop_avg_pool2d(self, grad, saved):
+        x, kernel, stride, pad = saved
+        return self._torch.ops.aten.avg_pool2d_backward(
+            grad, x, list(kernel), list(stride), list(pad), False, True, None)
+
 
 def _generator_bytes(generator) -> bytes:
     return generator.get_state().numpy().tobytes()

@@ -39,6 +39,8 @@ import subprocess
 import sys
 import time
 
+from backendnn._table import render as render_table
+
 CASES = {
     "mlp": {"sizes": [784, 512, 256, 10], "batch": 256,
             "what": "784-512-256-10, ReLU, cross-entropy, batch 256"},
@@ -46,7 +48,13 @@ CASES = {
              "what": "9 Linear layers of width 64, ReLU between, 64 classes, batch 32"},
     "wide": {"sizes": [2048, 2048, 2048, 10], "batch": 512,
              "what": "2048-2048-2048-10, ReLU, cross-entropy, batch 512"},
+    # convolutions: `convs` are (in, out) 3x3 padding-1 layers, "pool" a MaxPool2d(2)
+    "cnn": {"sizes": [3 * 32 * 32, 10], "image": (3, 32, 32), "batch": 64,
+            "convs": [(3, 32), (32, 32), "pool", (32, 64), "pool"],
+            "what": "NCHW 3x32x32, Conv2d(3,32,3,p=1)-ReLU-Conv2d(32,32,3,p=1)-ReLU-MaxPool2d(2)-"
+                    "Conv2d(32,64,3,p=1)-ReLU-MaxPool2d(2)-Flatten-Linear(4096,10), batch 64"},
 }
+NO_SKLEARN = ("cnn",)  # cases MLPClassifier cannot run
 CONTENDERS = ("backendnn", "torch", "sklearn", "floor", "baseline")
 BASELINE_VAR = "BACKENDNN_BENCH_BASELINE"  # the checkout `--baseline` names
 MEMORY_CONTENDERS = ("backendnn", "torch", "sklearn")
@@ -66,6 +74,8 @@ TARGETS = {  # (column, case) -> (bound, "<=" or ">=")
     ("memory backendnn/torch", "mlp"): (1.1, "<="),
     ("memory backendnn/torch", "tiny"): (1.1, "<="),
     ("memory backendnn/torch", "wide"): (1.1, "<="),
+    ("backendnn/torch", "cnn"): (1.0, "<="),
+    ("memory backendnn/torch", "cnn"): (1.5, "<="),
 }
 
 
@@ -77,7 +87,8 @@ def _data(case: str, cases=None):
 
     spec = (cases or CASES)[case]
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((spec["batch"], spec["sizes"][0]), dtype=np.float32)
+    shape = (spec["batch"], *spec.get("image", (spec["sizes"][0],)))
+    x = rng.standard_normal(shape, dtype=np.float32)
     y = rng.integers(0, spec["sizes"][-1], spec["batch"])
     return x, y
 
@@ -91,10 +102,30 @@ def _backendnn_model(sizes, root=None, backend="numpy"):
 
     bn.seed(0)
     layers = []
+    if isinstance(sizes, dict):  # a convolutional case
+        for conv in sizes["convs"]:
+            if conv == "pool":
+                layers.append(bn.MaxPool2d(2, backend=backend))
+            else:
+                layers += [bn.Conv2d(*conv, 3, padding=1, backend=backend),
+                           bn.ReLU(backend=backend)]
+        layers.append(bn.Flatten(backend=backend))
+        sizes = [_flat_features(sizes), sizes["sizes"][-1]]
     for n_inp, n_out in zip(sizes[:-1], sizes[1:]):
         layers += [bn.Linear(n_inp, n_out, backend=backend), bn.ReLU(backend=backend)]
     model = bn.Sequential(layers[:-1], bn.CrossEntropy(backend=backend))
     return model, bn.SGD(model, lr=LR)
+
+
+def _flat_features(spec) -> int:
+    """Features after the convolutions and pools of a convolutional case."""
+    c, h, w = spec["image"]
+    for conv in spec["convs"]:
+        if conv == "pool":
+            h, w = h // 2, w // 2
+        else:
+            c = conv[1]
+    return c * h * w
 
 
 def _make_backendnn(sizes, x, y, root=None):
@@ -115,6 +146,12 @@ def _make_torch(sizes, x, y, threads):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     layers = []
+    if isinstance(sizes, dict):
+        for conv in sizes["convs"]:
+            layers += ([torch.nn.MaxPool2d(2)] if conv == "pool" else
+                       [torch.nn.Conv2d(*conv, 3, padding=1), torch.nn.ReLU()])
+        layers.append(torch.nn.Flatten())
+        sizes = [_flat_features(sizes), sizes["sizes"][-1]]
     for n_inp, n_out in zip(sizes[:-1], sizes[1:]):
         layers += [torch.nn.Linear(n_inp, n_out), torch.nn.ReLU()]
     model = torch.nn.Sequential(*layers[:-1])
@@ -153,7 +190,48 @@ def _make_sklearn(sizes, x, y):
 def _make_floor(sizes, x, y):
     import numpy as np
 
+    if isinstance(sizes, dict):
+        return conv_floor_step(np, sizes, x)
     return floor_step(np, sizes, x)
+
+
+def conv_floor_step(lib, spec, x):
+    """The im2col products of a convolutional case alone, into preallocated outputs:
+    per 3x3 convolution W (O, 9C) @ columns (9C, N·H·W), grad @ columns.T, and
+    W.T @ grad for every convolution but the first; then the Linear's products."""
+    rng = lib.random.default_rng(1)
+    n = x.shape[0]
+    _, h, w = spec["image"]
+    products = []  # (a, b, out)
+    first = True
+    for conv in spec["convs"]:
+        if conv == "pool":
+            h, w = h // 2, w // 2
+            continue
+        c, o = conv
+        m, k = n * h * w, 9 * c
+        wt = rng.standard_normal((o, k), dtype=lib.float32)
+        cols = rng.standard_normal((k, m), dtype=lib.float32)
+        grad = rng.standard_normal((o, m), dtype=lib.float32)
+        products += [(wt, cols, lib.empty((o, m), lib.float32)),
+                     (grad, cols.T, lib.empty((o, k), lib.float32))]
+        if not first:
+            products.append((wt.T, grad, lib.empty((k, m), lib.float32)))
+        first = False
+    feats, classes = _flat_features(spec), spec["sizes"][-1]
+    a = rng.standard_normal((n, feats), dtype=lib.float32)
+    wl = rng.standard_normal((feats, classes), dtype=lib.float32)
+    g = rng.standard_normal((n, classes), dtype=lib.float32)
+    products += [(a, wl, lib.empty((n, classes), lib.float32)),
+                 (a.T, g, lib.empty((feats, classes), lib.float32)),
+                 (g, wl.T, lib.empty((n, feats), lib.float32))]
+    matmul = lib.matmul
+
+    def step():
+        for p, q, out in products:
+            matmul(p, q, out=out)
+
+    return step
 
 
 def floor_step(lib, sizes, x):
@@ -185,6 +263,8 @@ def floor_step(lib, sizes, x):
 
 def _make(name: str, case: str, threads: int, small: bool = False):
     sizes = [8, 8, 4] if small else CASES[case]["sizes"]
+    if not small and "convs" in CASES[case]:
+        sizes = CASES[case]
     if small:
         import numpy as np
 
@@ -269,7 +349,7 @@ def _memory_worker(name: str, case: str, threads: int, steps: int = 5) -> None:
 def _profile_worker(case: str, steps: int) -> None:
     """Where backendnn's step goes: the median time of each call inside the step
     (every layer's forward and backward, the loss, the optimiser), in microseconds."""
-    model, opt = _backendnn_model(CASES[case]["sizes"])
+    model, opt = _backendnn_model(CASES[case] if "convs" in CASES[case] else CASES[case]["sizes"])
     x, y = _data(case)
     clock, times = time.perf_counter, {}
 
@@ -367,7 +447,7 @@ def time_case(case: str, contenders, rounds: int, threads: int, seconds: float,
                    "--threads", str(threads)]
             workers.append(Worker(name, cmd, env=_env(threads)))
         times = {w.name: [] for w in workers}
-        n_min, n_max = (2, 2000) if case != "wide" else (2, 50)
+        n_min, n_max = (2, 2000) if case not in ("wide", "cnn") else (2, 50)
         for r in range(rounds):
             order = workers[r % len(workers):] + workers[:r % len(workers)]
             for w in order:
@@ -459,12 +539,7 @@ def table(rows: list[dict], markdown: bool = False) -> str:
 
 def render(header: list, cells: list, markdown: bool) -> str:
     """A table of strings as Markdown, or as right-aligned text columns."""
-    if markdown:
-        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        out += ["| " + " | ".join(line) + " |" for line in cells]
-        return "\n".join(out)
-    widths = [max(len(r[i]) for r in [header] + cells) for i in range(len(header))]
-    return "\n".join("  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in [header] + cells)
+    return render_table([header, *cells], align="right", markdown=markdown)
 
 
 def machine(threads: int) -> dict:
@@ -553,7 +628,8 @@ def write_png(path: str, rows) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    p.add_argument("--cases", default="mlp,tiny,wide", help="comma-separated: mlp,tiny,wide")
+    p.add_argument("--cases", default="mlp,tiny,wide,cnn",
+                   help="comma-separated: mlp,tiny,wide,cnn")
     p.add_argument("--contenders", default=",".join(CONTENDERS[:4]),
                    help="comma-separated: backendnn,torch,sklearn,floor")
     p.add_argument("--baseline", metavar="DIR",
@@ -577,7 +653,7 @@ def main(argv=None) -> None:
 
     if args.worker:
         if args.profile:
-            _profile_worker(args.case, steps=300 if args.case != "wide" else 20)
+            _profile_worker(args.case, steps=300 if args.case not in ("wide", "cnn") else 20)
         elif args.memory:
             _memory_worker(args.worker, args.case, args.threads)
         else:
@@ -618,13 +694,14 @@ def main(argv=None) -> None:
     results, threads_seen = {}, {}
     for case in cases:
         log(f"{case}: {CASES[case]['what']}")
-        timed = time_case(case, contenders, args.rounds, args.threads, args.seconds,
+        here = [c for c in contenders if not (c == "sklearn" and case in NO_SKLEARN)]
+        timed = time_case(case, here, args.rounds, args.threads, args.seconds,
                           args.pause, log)
         results[case] = {"time": timed}
         threads_seen[case] = {n: r["threads"] for n, r in timed.items()}
         if not args.no_memory:
             results[case]["memory"] = {
-                n: measure_memory(case, n, args.threads) for n in contenders
+                n: measure_memory(case, n, args.threads) for n in here
                 if n in MEMORY_CONTENDERS}
     rows = summarise(results)
     print(table(rows))

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import platform
@@ -48,21 +47,13 @@ import subprocess
 import sys
 import time
 
+import cpu as CPU  # benchmarks/cpu.py, beside this script: the same cases and floor step
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-
-def _cpu_benchmark():
-    """benchmarks/cpu.py: its cases (the same networks and batches) and floor step."""
-    spec = importlib.util.spec_from_file_location("_backendnn_bench_cpu", os.path.join(HERE, "cpu.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CPU = _cpu_benchmark()
-CASES = {
-    **{name: dict(case) for name, case in CPU.CASES.items()},
+CASES = {  # the CPU script's multilayer-perceptron cases (the step here is an MLP's)
+    **{name: dict(case) for name, case in CPU.CASES.items() if "image" not in case},
     "huge": {"sizes": [8192, 8192, 8192, 10], "batch": 8192,
              "what": "8192-8192-8192-10, ReLU, cross-entropy, batch 8192"},
 }

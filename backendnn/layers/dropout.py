@@ -1,7 +1,8 @@
 """Inverted dropout."""
 from __future__ import annotations
 
-from .base import Layer
+from .._validate import number
+from .base import Layer, ShapeError
 
 
 class Dropout(Layer):
@@ -27,11 +28,9 @@ class Dropout(Layer):
     """
 
     def __init__(self, p: float = 0.5, *, backend=None, dtype: str = "float32"):
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-            msg = f"Dropout: `p` must be a probability in [0, 1], got {p!r}"
-            raise ValueError(msg)
+        p = number(type(self).__name__, "p", p, low=0.0, high=1.0)
         super().__init__(backend=backend, dtype=dtype)
-        self.p = float(p)
+        self.p = p
         self.hold_mask = False
 
     def forward(self, x):
@@ -56,5 +55,39 @@ class Dropout(Layer):
     def _clear(self):
         self.mask, self._identity = None, False
 
+    def config(self):
+        return {"p": self.p}
+
     def extra_repr(self):
         return f"p={self.p}"
+
+
+class Dropout2d(Dropout):
+    """Channel dropout: in training, zero whole channels (each (n, c) feature map)
+    with probability `p` and scale the rest by 1 / (1 - p), as `torch.nn.Dropout2d`;
+    in eval mode, the identity. Masks as Dropout's, one value per (n, c).
+
+    Shape: x (N, C, H, W) -> same.
+
+    Example:
+        >>> Dropout2d(0.1)(x).shape   # x (64, 8, 8, 8)
+        (64, 8, 8, 8)
+    """
+
+    def forward(self, x):
+        if x.ndim != 4:
+            msg = f"{self!r} expected NCHW input (batch, C, H, W), got shape {tuple(x.shape)}"
+            raise ShapeError(msg)
+        if not self.training or self.p == 0.0:
+            self.mask, self._identity = None, True
+            return x
+        shape = (x.shape[0], x.shape[1], 1, 1)
+        mask = self.mask
+        if not (self.hold_mask and mask is not None and tuple(mask.shape) == shape
+                and mask.dtype == x.dtype):
+            p_keep = 1.0 - self.p
+            mask = self.backend.device_bernoulli(p_keep, shape, x.dtype)
+            if p_keep > 0.0:
+                mask = mask * (1.0 / p_keep)
+        self.mask, self._identity = mask, False
+        return x * mask

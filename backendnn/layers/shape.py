@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+from .._validate import integer
 from .base import Layer, ShapeError
 
 
@@ -13,15 +14,15 @@ class Flatten(Layer):
         start_dim, end_dim: the first and last axis merged (negative counts from
             the end), as `torch.nn.Flatten`.
 
-    Shape: x (batch, 8, 8) -> (batch, 64) with the defaults.
+    Shape: x (batch, 8, 8) -> (batch, 64) with the defaults; NCHW images (N, C, H, W)
+        -> (N, C·H·W) in C order (channel, then row, then column), as torch, so a
+        Linear after it takes torch's weights unchanged.
     """
 
     def __init__(self, start_dim: int = 1, end_dim: int = -1, *, backend=None,
                  dtype: str = "float32"):
-        for name, value in (("start_dim", start_dim), ("end_dim", end_dim)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                msg = f"Flatten: `{name}` must be an int, got {value!r}"
-                raise TypeError(msg)
+        start_dim = integer("Flatten", "start_dim", start_dim)
+        end_dim = integer("Flatten", "end_dim", end_dim)
         super().__init__(backend=backend, dtype=dtype)
         self.start_dim, self.end_dim = start_dim, end_dim
 
@@ -42,6 +43,9 @@ class Flatten(Layer):
 
     def _clear(self):
         self.in_shape = None
+
+    def config(self):
+        return {"start_dim": self.start_dim, "end_dim": self.end_dim}
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

@@ -95,7 +95,26 @@ LAYER_CASES = (
               min_batch=3, tol="normalization"),
     LayerCase("LayerNorm", args=lambda n: (n,), tol="normalization"),
     LayerCase("Flatten", shape=lambda batch, n: (batch, 3, n)),
+    LayerCase("Flatten", "Flatten (NCHW)", shape=lambda batch, n: (batch, 2, 3, n)),
     LayerCase("Identity"),
+    # images (batch, C, H, n): n = the shape's feature count is the width
+    LayerCase("Conv2d", "Conv2d (3x3, padding 1)", args=lambda n: (2, 3, 3, 1, 1),
+              shape=lambda batch, n: (batch, 2, 4, n), tol="conv"),
+    LayerCase("Conv2d", "Conv2d (groups 2, stride 2, dilation 2)",
+              args=lambda n: (4, 6, (2, 3), 2, (1, 2), (1, 2), 2),
+              shape=lambda batch, n: (batch, 4, 5, n), tol="conv"),
+    LayerCase("MaxPool2d", args=lambda n: (2,), shape=lambda batch, n: (batch, 2, 4, n)),
+    LayerCase("MaxPool2d", "MaxPool2d (3, stride 2, padding 1)", args=lambda n: (3, 2, 1),
+              shape=lambda batch, n: (batch, 2, 5, n)),
+    LayerCase("AvgPool2d", "AvgPool2d (3, stride 1, padding 1)", args=lambda n: (3, 1, 1),
+              shape=lambda batch, n: (batch, 2, 5, n)),
+    LayerCase("AdaptiveAvgPool2d", args=lambda n: (1,), shape=lambda batch, n: (batch, 2, 4, n)),
+    LayerCase("BatchNorm2d", "BatchNorm2d (train)", args=lambda n: (n,),
+              shape=lambda batch, n: (batch, n, 3, 2), tol="normalization"),
+    LayerCase("BatchNorm2d", "BatchNorm2d (eval)", args=lambda n: (n,), train=False,
+              shape=lambda batch, n: (batch, n, 3, 2), tol="normalization"),
+    LayerCase("Dropout2d", "Dropout2d (eval)", args=lambda n: (0.5,), train=False,
+              shape=lambda batch, n: (batch, n, 2, 2)),
 )
 
 

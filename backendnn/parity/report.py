@@ -1,6 +1,8 @@
 """What the parity battery returns: one `CaseResult` per case, gathered in a `Report`."""
 from __future__ import annotations
 
+from .._table import render
+
 import math
 from dataclasses import asdict, dataclass
 
@@ -77,13 +79,8 @@ class Report:
                 continue
             rows.append((r.component, r.case, _num(r.max_abs), _num(r.max_rel), _num(r.tol),
                          r.status, _time(r.seconds), r.note))
-        widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]) - 1)]
-        lines = [f"parity of backend {self.backend!r} ({self.description}) against numpy float64"]
-        for row in rows:
-            cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths)]
-            lines.append(("  ".join(cells) + "  " + row[-1]).rstrip())
-        lines.append(self.summary())
-        return "\n".join(lines)
+        title = f"parity of backend {self.backend!r} ({self.description}) against numpy float64"
+        return "\n".join([title, render(rows), self.summary()])
 
     def __str__(self):
         return self.format()
