@@ -90,14 +90,25 @@ def random_state_kept(backend=None):
             backend.set_device_rng_state(device)
 
 
+_LIVE: list = []  # every Backend made so far (the registry keeps one per name)
+
+
 def to_host(obj) -> np.ndarray:
-    """Any array (NumPy, CuPy, torch, array-api-strict, sequence) as a host NumPy array."""
+    """Any array (NumPy, CuPy, torch, array-api-strict, sequence) as a host NumPy array.
+
+    An array of a library some backend has loaded is converted by that backend
+    (`Backend.converts`, `Backend.to_numpy`); any other goes through DLPack, else
+    `np.asarray`. No library is imported here."""
     if isinstance(obj, np.ndarray):
         return obj
-    if hasattr(obj, "__cuda_array_interface__") and hasattr(obj, "get"):
-        return obj.get()  # CuPy
-    if type(obj).__module__.startswith("torch"):
-        return obj.detach().cpu().numpy()
+    for backend in _LIVE:
+        if backend.converts(obj):
+            return backend.to_numpy(obj)
+    return _plain_host(obj)
+
+
+def _plain_host(obj) -> np.ndarray:
+    """A host array through DLPack where `obj` offers it, else `np.asarray`."""
     if hasattr(obj, "__dlpack__"):
         try:
             return np.from_dlpack(obj)
@@ -134,6 +145,7 @@ class Backend:
         self.xp = self._load()
         self.device = self._default_device()
         self._dtypes = {}
+        _LIVE.append(self)
 
     def _load(self):
         raise NotImplementedError
@@ -178,9 +190,17 @@ class Backend:
                 obj = to_host(obj)
         return xp.asarray(obj, dtype=dt, device=self.device)
 
+    def converts(self, x) -> bool:
+        """Whether `x` is an array of this backend's library, on any of its devices
+        (`to_numpy` then knows how to bring it to the host)."""
+        return self.owns(x)
+
     def to_numpy(self, x) -> np.ndarray:
-        """`x` as a host NumPy array (a copy when it lives on a device)."""
-        return to_host(x)
+        """`x` as a host NumPy array (a copy when it lives on a device). Arrays of
+        another library go through `to_host`."""
+        if not self.owns(x):
+            return to_host(x)
+        return _plain_host(x)
 
     def synchronize(self) -> None:
         """Wait for queued device work; a no-op on synchronous CPU libraries."""

@@ -71,6 +71,9 @@ class CupyBackend(Backend):
 
         return obj if not hasattr(obj, "__dlpack__") else to_host(obj)
 
+    def converts(self, x) -> bool:
+        return isinstance(x, self._cupy.ndarray)
+
     def to_numpy(self, x):
         return self._cupy.asnumpy(x) if isinstance(x, self._cupy.ndarray) else super().to_numpy(x)
 

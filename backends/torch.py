@@ -45,6 +45,9 @@ class TorchBackend(Backend):
             obj = to_host(obj)
         return torch.asarray(obj, dtype=dt, device=self.device)
 
+    def converts(self, x) -> bool:
+        return isinstance(x, self._torch.Tensor)
+
     def to_numpy(self, x):
         return x.detach().cpu().numpy() if isinstance(x, self._torch.Tensor) else to_host(x)
 
