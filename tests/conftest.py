@@ -21,9 +21,11 @@ def backend_or_skip(name):
         pytest.skip(f"backend {name!r} unavailable here: {e}")
 
 
-@pytest.fixture(params=BUILTIN)
+@pytest.fixture(params=[pytest.param(name, marks=pytest.mark.cuda) if name == "cupy" else name
+                        for name in BUILTIN])
 def backend(request):
-    """Each built-in backend that can run here."""
+    """Each built-in backend that can run here (the cupy ones marked `cuda`, so that
+    `pytest -m cuda` selects the whole GPU subset)."""
     return backend_or_skip(request.param)
 
 
