@@ -13,11 +13,14 @@ class CapturedStep:
     with, so before capturing come two uncaptured steps: the first makes the
     optimiser's lazy state, the second checks that the step updates parameters,
     optimiser state and layer buffers in place, keeps per-parameter host numbers
-    fixed (Adam's step count is not) and draws no host random numbers (Dropout does).
+    fixed (Adam's step count is not) and draws no host random numbers. Dropout is
+    welcome: its masks come from the backend's Philox stream, whose counter lives on
+    the device and advances in each replay.
     The options of the optimiser and `max_grad_norm` are baked into a capture, and the
-    arrays it updates: when one changes (a schedule; weights restored from a
-    checkpoint), the step is captured again. Host bookkeeping a replay skips
-    (`optimizer.step_count`) is kept here.
+    arrays it updates, and the mask stream's seed (the Philox key): when one changes
+    (a schedule; weights restored from a checkpoint; `backendnn.seed`), the step is
+    captured again. Host bookkeeping a replay skips (`optimizer.step_count`) is kept
+    here.
 
     Call with a batch (x, y); returns the batch's summed loss, a 0-d array.
     """
@@ -89,8 +92,9 @@ class CapturedStep:
         rng_state = rng.bit_generator.state
         loss = trainer._step(x, y)
         if host_rng() is not rng or rng.bit_generator.state != rng_state:
-            problem = ("draws from the seeded host random generator each step (Dropout); a "
-                       "captured graph would replay the same numbers")
+            problem = ("draws from the seeded host random generator each step; a captured "
+                       "graph would replay the same numbers (draw on the device, as "
+                       "Dropout does with backend.device_bernoulli)")
         else:
             problem = _changed(before, _step_state(trainer))
         if problem:
@@ -101,16 +105,19 @@ class CapturedStep:
 
 def _capture_key(trainer) -> tuple:
     """What a captured step bakes in: the optimiser's options and max_grad_norm (host
-    numbers), and which arrays hold the parameters, optimiser state and buffers
-    (replaced by a checkpoint's restore, say)."""
+    numbers), the mask stream's seed (its key; asking for it also resets the stream's
+    counter after a `seed()` call, here, outside any capture), and which arrays hold
+    the parameters, optimiser state and buffers (replaced by a checkpoint's restore,
+    say)."""
     optimizer = trainer.optimizer
+    stream_seed, _ = trainer.model.backend.random_stream()
     groups = tuple(tuple((k, v) for k, v in group.items() if k != "params")
                    for group in optimizer.param_groups)
     arrays = [id(p.value) for p in optimizer.params]
     arrays += [id(v) for state in optimizer.state for v in state.values()
                if not isinstance(v, (bool, int, float))]
     arrays += [id(buffer) for _, buffer in trainer.model.named_buffers()]
-    return groups, trainer.max_grad_norm, tuple(arrays)
+    return groups, trainer.max_grad_norm, stream_seed, tuple(arrays)
 
 
 def _step_state(trainer) -> dict:

@@ -12,14 +12,13 @@ The file is plain safetensors:
   criterion, the dtype), `optimizer` (its class and `state_dict()` with arrays
   replaced by tensor names), `trainer` (epoch and history), `rng` (the state of
   the seeded host bit generator, which shuffles and initialises), `device_rng`
-  (the backend's device generator, which draws torch's and CuPy's Dropout masks:
-  `backend.device_rng_state()`, tagged with the backend and device kind; absent
-  where masks come from the host generator), `extra` (yours).
+  (the Philox stream of Dropout masks, `backend.device_rng_state()`: generator
+  name, seed and counter, the same on every backend), `extra` (yours).
 
-A resume is exact on the backend and kind of device that saved the file. On
-another backend (or torch on another device kind), weights, optimiser state and
-batch order still resume, but that library's Dropout masks cannot be reproduced:
-the device state is left alone and masks continue from its own generator.
+A resume is exact, masks included, on any backend: the stream's bits do not depend
+on the library or device. Files written before the Philox stream hold torch's or
+CuPy's own generator state under `device_rng`; they still load and restore, and
+their masks continue from the current stream.
 
 Everything goes through the model's state protocol: tensors are
 `model.state_dict()`, the description is `model.config()` (each layer's
@@ -92,9 +91,7 @@ def save(model, path, optimizer=None, trainer=None, *, extra: dict | None = None
         entry["arrays"] = [name for name, _ in layer.state_arrays()]
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": _dumps(spec),
                 "rng": _dumps(_rng_state())}
-    device_rng = backend.device_rng_state()
-    if device_rng is not None:
-        metadata["device_rng"] = _dumps(device_rng)
+    metadata["device_rng"] = _dumps(backend.device_rng_state())
     if optimizer is not None:
         state = _encode(_state_dict(optimizer), "optimizer", host)
         metadata["optimizer"] = _dumps({"class": type(optimizer).__qualname__, "state": state})
@@ -250,10 +247,9 @@ def restore(path, *, model=None, optimizer=None, trainer=None, rng: bool = True)
             default: `trainer.optimizer`.
         trainer: receives the saved epoch and history (and scheduler state).
         rng: also set the seeded host generator to its saved state, so shuffling
-            continues as it would have, and the backend's device generator
-            (torch, CuPy Dropout masks) when the file was saved on the same
-            backend and kind of device as the model's; otherwise that state is
-            skipped without error (another library's masks cannot be reproduced).
+            continues as it would have, and the Dropout mask stream (seed and
+            counter); an older file's torch or CuPy generator state is skipped
+            without error (no backend draws those masks now).
 
     Returns the checkpoint's metadata. Raises CheckpointError when the file does not
     match: another architecture, a tensor of another shape, another optimiser class.
@@ -614,9 +610,10 @@ def _restore_rng(path, meta: dict) -> None:
 
 
 def _restore_device_rng(path, meta: dict, backend) -> None:
-    """Set `backend`'s device generator from a state that the same backend saved."""
+    """Continue `backend`'s mask stream from the saved state (any backend saved it);
+    an older file's device-generator state is skipped by `set_device_rng_state`."""
     state = meta.get("device_rng")
-    if not isinstance(state, dict) or state.get("backend") != backend.name:
+    if not isinstance(state, dict):
         return
     try:
         backend.set_device_rng_state(state)

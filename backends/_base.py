@@ -5,11 +5,11 @@ seeded generator, datasets, `to_numpy`). The core in `backendnn/` never does.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 
 import numpy as np
+
+from . import _philox
 
 __all__ = [
     "Backend",
@@ -220,94 +220,90 @@ class Backend:
         """A host permutation of range(n): the batch order, the same on every backend."""
         return host_rng().permutation(n)
 
-    def device_bernoulli(self, p_keep: float, shape, dtype="float32"):
-        """A 0/1 mask with P(1) = `p_keep`, drawn where the backend computes (dropout).
+    # --- random numbers during a step: Philox-4x32-10, computed where arrays live ---
+    # The stream of Dropout masks is (seed, counter): the key is the `backendnn.seed`
+    # value, the counter a 0-d int64 array on the device, one per mask drawn and
+    # advanced there, so a captured step (a CUDA graph) draws new masks each replay.
+    # Every backend computes the same bits (backends/_philox.py).
+    philox_wide = True  # products in uint64 (False: int64 from 16-bit halves, torch)
 
-        The mask is `uniform < p_keep` with the uniforms drawn in float32 whatever
-        `dtype` is, so a float64 model gets the float32 model's masks. Portable
-        fallback: drawn on the seeded host generator, then moved; NumPy draws the
-        same numbers in place, so NumPy and array-api-strict give identical masks
-        for a seed. Backends with a device generator (torch, CuPy) override this:
-        their generator is seeded with the `backendnn.seed` value on first use after
-        each `seed()` call, so a seed reproduces their masks on the same backend and
-        device, but the masks differ from NumPy's and between devices.
+    def device_bernoulli(self, p_keep: float, shape, dtype="float32", *, first_row: int = 0):
+        """A 0/1 mask with P(1) = `p_keep` (to 2^-16), drawn on the device from the
+        Philox stream (seed, counter): the same mask on every backend and device for
+        a seed and counter, whatever `dtype` is; the counter advances by one.
+
+        Rows are independent: row i of the mask is row `first_row` + i of a taller
+        mask drawn with the same counter, so a data-parallel rank draws only its own
+        rows. Shape: any; axis 0 is the row axis.
         """
-        u = host_rng().random(tuple(shape), dtype=np.float32)
-        return self.asarray((u < p_keep).astype(_np_dtype(dtype)), dtype=dtype)
+        seed, counter = self.random_stream()
+        mask = _philox.bernoulli_mask(self.xp, seed, counter, p_keep, shape,
+                                      self.dtype(dtype), device=self.device,
+                                      first_row=first_row, wide=self.philox_wide)
+        self._advance(counter)
+        return mask
 
-    def _device_generator(self, make):
-        """`make(seed)`'s generator, made anew on first use after each `seed()` call."""
-        cached = getattr(self, "_device_rng", None)
-        if cached is None or cached[0] != _HOST["generation"]:
-            cached = (_HOST["generation"], make(_HOST["seed"]), _HOST["seed"])
-            self._device_rng = cached
-        return cached[1]
+    def random_stream(self):
+        """(seed, counter) of the mask stream: the `backendnn.seed` value and the 0-d
+        int64 device array counting the masks drawn since. After a `seed()` call the
+        counter is set to 0 in place (the same array, which a captured step keeps):
+        call this before capturing a step, so that reset is not recorded."""
+        stream = getattr(self, "_stream", None)
+        if stream is None or stream[0] != _HOST["generation"]:
+            counter = None if stream is None else stream[2]
+            self._stream = stream = [_HOST["generation"], _HOST["seed"],
+                                     self._put_counter(counter, 0)]
+        return stream[1], stream[2]
 
-    # --- the device generator's state, for checkpoints ---------------------------
-    def device_rng_state(self) -> dict | None:
-        """The device generator's state as a JSON-able dict, so a checkpoint can
-        resume the masks of `device_bernoulli` exactly; None where masks come from
-        the seeded host generator, whose state a checkpoint saves on its own.
+    def _put_counter(self, counter, value: int):
+        """`counter` set to `value` in place, or a new 0-d int64 array holding it."""
+        if counter is not None and self.inplace:
+            counter[...] = value
+            return counter
+        return self.xp.asarray(value, dtype=self.xp.int64, device=self.device)
 
-        Overrides return {"backend": name, "device": kind ("cpu", "cuda"), "seed":
-        the `backendnn.seed` value the stream started from, "state": the
-        generator's own state bytes in base64, or None while no generator was
-        made since the last `seed()` call (it would start fresh from "seed")}.
-        Portable fallback: None.
-        """
-        return None
+    def _advance(self, counter) -> None:
+        if self.inplace:
+            counter += 1
+        else:
+            self._stream[2] = counter + 1
+
+    def device_rng_state(self) -> dict:
+        """The mask stream's state, JSON-able: {"generator": "philox4x32-10", "seed":
+        the key, "counter": masks drawn}. Reads the counter from the device (a sync).
+        The same on every backend: a checkpoint resumes its masks anywhere."""
+        seed, counter = self.random_stream()
+        return {"generator": _philox.GENERATOR, "seed": int(seed),
+                "counter": int(self.to_numpy(counter))}
 
     def set_device_rng_state(self, state) -> bool:
-        """Put the device generator in `state` (from `device_rng_state()`), so the
-        next masks are the ones drawn after that state was taken. The generator is
-        made anew from the state's seed, set, and kept for the current `seed()`
-        generation; a later `seed()` call replaces it as usual.
+        """Continue the mask stream from `state` (from `device_rng_state()`, on any
+        backend): the next masks are the ones drawn after it was taken. It holds
+        until the next `seed()` call, which starts that seed's stream.
 
-        Returns True when the state was set; False when there is nothing to set:
-        `state` is None, this backend has no device generator, or the state comes
-        from another backend or kind of device, whose stream cannot be continued
-        here (its masks are another library's). Raises ValueError for a state of
-        this backend and device that does not fit the generator (another library
-        version). Portable fallback: False, nothing set.
+        Returns True when set; False when there is nothing to set: `state` is None,
+        or the state of a device generator that older versions saved (torch's or
+        CuPy's own, with "backend" and "state" keys), whose masks no backend draws
+        now. Raises TypeError for a state that is not a dict, ValueError for one
+        of another generator or with bad numbers.
         """
         _check_rng_state(state)
-        return False
-
-    def _device_rng_snapshot(self, kind: str, to_bytes) -> dict | None:
-        """`device_rng_state()` for a device generator on a `kind` device;
-        `to_bytes(generator)` gives its state bytes, or None where it cannot."""
-        cached = getattr(self, "_device_rng", None)
-        if cached is None or cached[0] != _HOST["generation"]:
-            return {"backend": self.name, "device": kind, "seed": _HOST["seed"], "state": None}
-        raw = to_bytes(cached[1])
-        if raw is None:
-            return None
-        return {"backend": self.name, "device": kind, "seed": int(cached[2]),
-                "state": base64.b64encode(raw).decode("ascii")}
-
-    def _device_rng_resume(self, state, kind: str, make, from_bytes) -> bool:
-        """`set_device_rng_state` for a generator made by `make(seed)` on a `kind`
-        device; `from_bytes(generator, raw)` sets its state from the saved bytes."""
-        _check_rng_state(state)
-        if state is None or state.get("backend") != self.name or state.get("device") != kind:
+        if state is None or ("generator" not in state and "backend" in state):
             return False
-        seed, encoded = state.get("seed"), state.get("state")
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            msg = (f"backend {self.name!r}: the device RNG state's 'seed' must be a "
-                   f"non-negative int, got {seed!r}; pass a dict from device_rng_state()")
+        generator = state.get("generator")
+        if generator != _philox.GENERATOR:
+            msg = (f"backend {self.name!r}: the RNG state is of generator {generator!r}, "
+                   f"expected {_philox.GENERATOR!r}; pass a dict from device_rng_state()")
             raise ValueError(msg)
-        raw = None
-        if encoded is not None:
-            try:
-                raw = base64.b64decode(encoded, validate=True)
-            except (binascii.Error, TypeError, ValueError):
-                msg = (f"backend {self.name!r}: the device RNG state's 'state' is not base64 "
-                       "text; pass a dict from device_rng_state()")
-                raise ValueError(msg) from None
-        generator = make(seed)
-        if raw is not None:
-            from_bytes(generator, raw)
-        self._device_rng = (_HOST["generation"], generator, seed)
+        seed, count = state.get("seed"), state.get("counter")
+        for key, value, top in (("seed", seed, 1 << 64), ("counter", count, 1 << 63)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < top:
+                msg = (f"backend {self.name!r}: the RNG state's {key!r} must be a "
+                       f"non-negative int below 2**{top.bit_length() - 1}, got {value!r}; "
+                       "pass a dict from device_rng_state()")
+                raise ValueError(msg)
+        _, counter = self.random_stream()
+        self._stream = [_HOST["generation"], seed, self._put_counter(counter, count)]
         return True
 
     # --- kernels: standard code a backend may override with a faster spelling ----

@@ -1,7 +1,13 @@
 """CuPy backend: CUDA GPUs. Needs a usable CUDA device, not only the package.
 
+One device: the one current when the backend loads (device 0 unless
+`cupy.cuda.Device(i).use()` ran first, or CUDA_VISIBLE_DEVICES picks another).
+Arrays on another device are not this backend's (`owns`), and `asarray` copies
+them here. For several GPUs, run one process per GPU (backendnn.distributed).
+
 A training step can be captured as one CUDA graph (`capture_step`): small networks
-are launch-bound, and a replay launches the whole step at once.
+are launch-bound, and a replay launches the whole step at once. Dropout masks come
+from the portable Philox code (uint64 words), whose counter lives on the GPU.
 """
 import contextlib
 import ctypes
@@ -19,6 +25,7 @@ class CupyBackend(Backend):
     can_capture = True
     _capturing = 0  # > 0 while a step is being captured
     _gemm = None  # the _DirectGemm, made on the first capture
+    _capture_stream = None  # the stream every capture records on, made on the first
 
     def _load(self):
         try:
@@ -53,16 +60,29 @@ class CupyBackend(Backend):
         return self._cupy
 
     def owns(self, x) -> bool:
-        return isinstance(x, self._cupy.ndarray)
+        """A CuPy array on this backend's device (not merely any CuPy array)."""
+        return isinstance(x, self._cupy.ndarray) and x.device.id == self.device.id
 
     def asarray(self, obj, dtype=None):
+        """CuPy arrays of this device as they are; torch CUDA tensors through DLPack
+        (detached first: DLPack refuses a tensor that requires grad; a refusal, or
+        another device, falls back to a copy through the host); anything else
+        through the host."""
         cupy = self._cupy
         dt = self.dtype(dtype)
         if isinstance(obj, cupy.ndarray):
+            if obj.device.id != self.device.id:
+                with self.device:
+                    obj = cupy.array(obj, copy=True)
             return obj if dt is None else obj.astype(dt, copy=False)
-        if hasattr(obj, "__dlpack__") and type(obj).__module__.startswith("torch") and obj.is_cuda:
-            out = cupy.from_dlpack(obj)
-            return out if dt is None else out.astype(dt, copy=False)
+        if type(obj).__module__.startswith("torch") and getattr(obj, "is_cuda", False):
+            obj = obj.detach()
+            try:
+                out = cupy.from_dlpack(obj)
+            except (BufferError, RuntimeError, TypeError, ValueError):
+                out = None
+            if out is not None and out.device.id == self.device.id:
+                return out if dt is None else out.astype(dt, copy=False)
         return cupy.asarray(self._host(obj), dtype=dt)
 
     @staticmethod
@@ -77,59 +97,55 @@ class CupyBackend(Backend):
     def to_numpy(self, x):
         return self._cupy.asnumpy(x) if isinstance(x, self._cupy.ndarray) else super().to_numpy(x)
 
-    def device_bernoulli(self, p_keep, shape, dtype="float32"):
-        """`random < p_keep` from a cupy.random Generator on the GPU, seeded with
-        the `backendnn.seed` value."""
-        cupy = self._cupy
-        if self._capturing:
-            msg = (
-                "backend 'cupy': the captured step draws random numbers (Dropout); a CUDA "
-                "graph would replay the same mask every step: train with capture=False"
-            )
-            raise RuntimeError(msg)
-        gen = self._device_generator(cupy.random.default_rng)
-        u = gen.random(tuple(shape), dtype=cupy.float32)
-        return (u < p_keep).astype(self.dtype(dtype))
-
-    def device_rng_state(self):
-        """The cuRAND states of the Generator's XORWOW bit generator (one per thread
-        of its kernels, megabytes: copied to the host, base64) and its seed.
-        CuPy keeps them in the private `bit_generator._state` array, the whole
-        state of its draws; None where a CuPy version lacks it, once masks were
-        drawn (a checkpoint then resumes them only from a seed)."""
-        return self._device_rng_snapshot("cuda", self._state_bytes)
-
-    def set_device_rng_state(self, state):
-        """The saved cuRAND states copied into a Generator made from the state's
-        seed (see Backend)."""
-        return self._device_rng_resume(state, "cuda", self._cupy.random.default_rng,
-                                       self._put_state_bytes)
-
-    def _curand_states(self, generator):
-        """The bit generator's device array of cuRAND states, or None."""
-        states = getattr(getattr(generator, "bit_generator", None), "_state", None)
-        return states if isinstance(states, self._cupy.ndarray) else None
-
-    def _state_bytes(self, generator):
-        states = self._curand_states(generator)
-        return None if states is None else self._cupy.asnumpy(states).tobytes()
-
-    def _put_state_bytes(self, generator, raw: bytes) -> None:
-        cupy = self._cupy
-        states = self._curand_states(generator)
-        if states is None or states.nbytes != len(raw):
-            have = "no cuRAND state array" if states is None else f"{states.nbytes} bytes"
-            msg = (
-                f"backend 'cupy': the saved generator state has {len(raw)} bytes, this "
-                f"CuPy {cupy.__version__} generator has {have}; the masks cannot be "
-                "resumed exactly: restore with rng=False or retrain from the seed"
-            )
-            raise ValueError(msg)
-        host = np.frombuffer(raw, dtype=states.dtype).reshape(states.shape)
-        states[...] = cupy.asarray(host)
-
     def synchronize(self):
         self._cupy.cuda.get_current_stream().synchronize()
+
+    # --- kernels: one CuPy kernel where the portable spelling launches several -------
+    # UNVERIFIED on a GPU until tests/test_fastpaths.py runs there (cuda marker); the
+    # sources are checked on the CPU for their parameters (tests/test_registry.py).
+    def _kernel(self, name: str):
+        """The ElementwiseKernel `name` of _KERNELS, compiled on first use."""
+        kernels = self.__dict__.setdefault("_kernels", {})
+        k = kernels.get(name)
+        if k is None:
+            params_in, params_out, body = _KERNELS[name]
+            k = kernels[name] = self._cupy.ElementwiseKernel(params_in, params_out, body,
+                                                             f"backendnn_{name}")
+        return k
+
+    def relu(self, x):
+        """max(x, 0), NaN kept: one kernel."""
+        if x.dtype.kind != "f":
+            return super().relu(x)
+        return self._kernel("relu")(x)
+
+    def backprop_relu(self, grad, y):
+        """grad where y > 0, else 0: one kernel."""
+        if grad.dtype.kind != "f" or grad.dtype != y.dtype:
+            return super().backprop_relu(grad, y)
+        return self._kernel("backprop_relu")(grad, y)
+
+    def sub_scaled(self, p, g, alpha):
+        """p -= alpha * g in place: one kernel (no alpha * g temporary)."""
+        if p.dtype.kind != "f" or p.dtype != g.dtype or p.shape != g.shape:
+            return super().sub_scaled(p, g, alpha)
+        self._kernel("sub_scaled")(g, alpha, p)
+        return p
+
+    def softmax_cross_entropy(self, logits, labels):
+        """Row max and row sum as reductions, then one kernel each for exp(z - max), the
+        losses and softmax - one_hot (label compared with the column index)."""
+        cupy = self._cupy
+        if logits.ndim != 2 or logits.dtype.kind != "f" or labels.ndim != 1:
+            return super().softmax_cross_entropy(logits, labels)
+        top = logits.max(axis=1, keepdims=True)
+        e = self._kernel("exp_shifted")(logits, top)
+        total = e.sum(axis=1, keepdims=True)
+        labels = labels.astype(cupy.int64, copy=False)[:, None]
+        picked = cupy.take_along_axis(logits, labels, axis=1)
+        loss = self._kernel("ce_loss")(total, picked, top)[:, 0]
+        grad = self._kernel("ce_grad")(e, total, labels, logits.shape[1])
+        return loss, grad
 
     def matmul(self, a, b):
         """a @ b; while a step is being captured, cuBLAS is called directly with
@@ -185,6 +201,17 @@ class CupyBackend(Backend):
         return backprop_max_pool2d_slices(self._cupy, self, grad, saved)
 
 
+_KERNELS = {  # name -> (inputs, outputs, body) of a cupy.ElementwiseKernel
+    "relu": ("T x", "T y", "y = x < (T)0 ? (T)0 : x"),
+    "backprop_relu": ("T g, T y", "T dx", "dx = y > (T)0 ? g : (T)0"),
+    "sub_scaled": ("T g, T alpha", "T p", "p -= alpha * g"),
+    "exp_shifted": ("T z, T top", "T e", "e = exp(z - top)"),
+    "ce_loss": ("T total, T picked, T top", "T loss", "loss = log(total) - (picked - top)"),
+    "ce_grad": ("T e, T total, int64 label, int64 n_classes", "T g",
+                "g = e / total - (label == (long long)(i % n_classes) ? (T)1 : (T)0)"),
+}
+
+
 class _CudaGraphStep:
     """A function recorded once as a CUDA graph, replayed by calling this object."""
 
@@ -192,7 +219,9 @@ class _CudaGraphStep:
         cupy = backend._cupy
         if backend._gemm is None:
             backend._gemm = _DirectGemm(cupy)
-        self.stream = cupy.cuda.Stream(non_blocking=True)
+        if backend._capture_stream is None:  # one capture stream per backend, as torch
+            backend._capture_stream = cupy.cuda.Stream(non_blocking=True)
+        self.stream = backend._capture_stream
         self.pool = cupy.cuda.MemoryPool()
         backend._gemm.prepare(self.stream)
         backend._capturing += 1
@@ -219,9 +248,16 @@ class _DirectGemm:
     """cuBLAS's GemmEx through ctypes on a handle of its own, for use inside a stream
     capture, with the arguments CuPy's `tensordot_core` passes for a 2-d product
     (operand order, transposes, leading dimensions, compute type, algorithm), so
-    the result is the one `a @ b` gives. Other products (integer, 1 x 1 output,
-    empty, not 2-d, mixed dtypes) go to `a @ b`.
+    the result is the one `a @ b` gives (a 1 x 1 output too, which eager CuPy may
+    compute another way). Empty products are zeros, without cuBLAS. Other products
+    (not 2-d, integer, mixed dtypes) raise: CuPy's `a @ b` cannot run in a capture.
+
+    The handle has one workspace of its own (`WORKSPACE_BYTES` from CuPy's pool,
+    kept), set again after each stream change, as PyTorch does: otherwise cuBLAS
+    allocates a workspace per stream outside CuPy's pool.
     """
+
+    WORKSPACE_BYTES = 32 * 2**20  # PyTorch's default on recent GPUs (:4096:8)
 
     _TYPES = {"float16": ("CUDA_R_16F", 2), "float32": ("CUDA_R_32F", 0),
               "float64": ("CUDA_R_64F", 1)}
@@ -236,6 +272,8 @@ class _DirectGemm:
         i, p = ctypes.c_int, ctypes.c_void_p
         self._call = _function(lib, "cublasGemmEx", [p, i, i, i, i, i, p, p, i, i, p, i, i, p, p, i, i, i, i])
         self._set_stream = _function(lib, "cublasSetStream_v2", [p, p])
+        self._set_workspace = _function(lib, "cublasSetWorkspace_v2", [p, p, ctypes.c_size_t])
+        self._workspace = cupy.empty(self.WORKSPACE_BYTES, dtype=cupy.uint8)
         handle = ctypes.c_void_p()
         _check(_function(lib, "cublasCreate_v2", [ctypes.POINTER(p)])(ctypes.byref(handle)),
                "cublasCreate")
@@ -244,9 +282,15 @@ class _DirectGemm:
                          "d": (ctypes.c_double(1.0), ctypes.c_double(0.0))}
         self._cc = int(cupy.cuda.Device().compute_capability)
 
-    def prepare(self, stream):
-        """Point the handle at `stream` and run one product there, outside capture."""
+    def bind(self, stream) -> None:
+        """Point the handle at `stream`, then at its one workspace."""
         _check(self._set_stream(self.handle, stream.ptr), "cublasSetStream")
+        _check(self._set_workspace(self.handle, self._workspace.data.ptr,
+                                   self._workspace.nbytes), "cublasSetWorkspace")
+
+    def prepare(self, stream):
+        """Bind the handle to `stream` and run one product there, outside capture."""
+        self.bind(stream)
         with stream:
             a = self.cupy.ones((8, 8), dtype=self.cupy.float32)
             self(a, a)
@@ -275,8 +319,15 @@ class _DirectGemm:
         n, k = a.shape if a.ndim == 2 else (0, 0)
         m = b.shape[1] if b.ndim == 2 else 0
         if (a.ndim != 2 or b.ndim != 2 or b.dtype != dtype or dtype.name not in self._TYPES
-                or b.shape[0] != k or n * m * k == 0 or (n == 1 and m == 1)):
-            return a @ b
+                or b.shape[0] != k):
+            msg = (f"backend 'cupy': a captured step can only multiply 2-d float16, float32 "
+                   f"or float64 matrices of one dtype and matching inner sizes, got "
+                   f"{getattr(a, 'dtype', '?')} {tuple(a.shape)} @ {getattr(b, 'dtype', '?')} "
+                   f"{tuple(b.shape)} (cuBLAS through CuPy cannot run while a stream "
+                   "captures); train with capture=False")
+            raise RuntimeError(msg)
+        if n * m * k == 0:
+            return cupy.zeros((n, m), dtype=dtype)
         size = dtype.itemsize
         # CuPy's dot: A^T (k, n) and B (k, m) made cuBLAS-contiguous, C^T = B^T A computed
         if a.flags.c_contiguous:

@@ -51,39 +51,48 @@ class TorchBackend(Backend):
     def to_numpy(self, x):
         return x.detach().cpu().numpy() if isinstance(x, self._torch.Tensor) else to_host(x)
 
-    def device_bernoulli(self, p_keep, shape, dtype="float32"):
-        """`rand < p_keep` from a torch.Generator on the device, seeded with the
-        `backendnn.seed` value (CPU and CUDA generators give different masks)."""
+    # --- kernels: torch's own ops, called directly (array-api-compat's wrappers add a
+    # Python layer to each call, and the portable spellings take more kernels) ---------
+    def relu(self, x):
+        """torch.relu: one kernel, NaN kept."""
+        return self._torch.relu(x)
+
+    def backprop_relu(self, grad, y):
+        """grad where y > 0, else 0 (NaN outputs pass nothing, as the fallback)."""
+        return self._torch.where(y > 0, grad, 0.0)
+
+    def batch_sum(self, g):
+        return g.sum(0)
+
+    def sub_scaled(self, p, g, alpha):
+        """p.sub_(g, alpha=alpha): one fused in-place kernel (p -= alpha * g)."""
+        return p.sub_(g, alpha=alpha)
+
+    def softmax_cross_entropy(self, logits, labels):
+        """torch's fused kernels: log_softmax, nll_loss for the loss, and the gradient
+        softmax - one_hot as exp(log_softmax) with -1 scattered at each label."""
         torch = self._torch
-        gen = self._device_generator(self._make_generator)
-        u = torch.rand(tuple(shape), generator=gen, device=self.device, dtype=torch.float32)
-        return (u < p_keep).to(self.dtype(dtype))
+        if logits.ndim != 2 or not logits.is_floating_point() or labels.ndim != 1:
+            return super().softmax_cross_entropy(logits, labels)
+        log_p = torch.log_softmax(logits, 1)
+        loss = torch.nn.functional.nll_loss(log_p, labels, reduction="none")
+        grad = log_p.exp_()
+        grad.scatter_add_(1, labels.unsqueeze(1), self._minus_ones(logits.shape[0], grad))
+        return loss, grad
 
-    def _make_generator(self, seed):
-        return self._torch.Generator(device=self.device).manual_seed(seed)
+    def _minus_ones(self, n: int, like):
+        """A kept (n, 1) tensor of -1 in `like`'s dtype and device."""
+        key = (n, like.dtype, like.device)
+        cache = self.__dict__.setdefault("_minus_ones_cache", {})
+        out = cache.get(key)
+        if out is None:
+            out = cache[key] = self._torch.full((n, 1), -1.0, dtype=like.dtype,
+                                                device=like.device)
+        return out
 
-    def device_rng_state(self):
-        """The torch.Generator's `get_state()` bytes (base64), its seed and device
-        type: CPU (Mersenne Twister, 5056 bytes) and CUDA (seed and offset) states
-        do not fit each other's generators."""
-        return self._device_rng_snapshot(self.device.type, _generator_bytes)
-
-    def set_device_rng_state(self, state):
-        """`set_state` on a generator made from the state's seed (see Backend)."""
-        return self._device_rng_resume(state, self.device.type, self._make_generator,
-                                       self._put_generator_bytes)
-
-    def _put_generator_bytes(self, generator, raw: bytes) -> None:
-        torch = self._torch
-        size = generator.get_state().numel()
-        if len(raw) != size:
-            msg = (
-                f"backend 'torch': the saved {self.device.type} generator state has {len(raw)} "
-                f"bytes, this torch {torch.__version__} generator needs {size}; the masks "
-                "cannot be resumed exactly: restore with rng=False or retrain from the seed"
-            )
-            raise ValueError(msg)
-        generator.set_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+    # Dropout masks: the portable Philox code (Backend.device_bernoulli) in int64,
+    # as torch lacks uint64 shifts and comparisons; the same bits on CPU and CUDA.
+    philox_wide = False
 
     def synchronize(self):
         if self.device.type == "cuda":
@@ -134,10 +143,6 @@ class TorchBackend(Backend):
         x, kernel, stride, pad = saved
         return self._torch.ops.aten.avg_pool2d_backward(
             grad, x, list(kernel), list(stride), list(pad), False, True, None)
-
-
-def _generator_bytes(generator) -> bytes:
-    return generator.get_state().numpy().tobytes()
 
 
 def load():

@@ -6,7 +6,8 @@
 
 Cases: `mlp`, `tiny` and `wide` of benchmarks/cpu.py (imported from there), and
 `huge`: 8192-8192-8192-10 at batch 8192. Float32 everywhere, TF32 off in both
-libraries (CuPy's default; `torch.backends.cuda.matmul.allow_tf32 = False`).
+libraries, enforced in every worker: CUPY_TF32 unset or 0 (else the worker refuses
+to run), torch's float32 matmul precision "highest"; both recorded in the results.
 
 Every contender runs in its own worker process, started once per case; the workers
 take turns over several rounds, in an order rotated every round. In its turn a
@@ -27,9 +28,10 @@ Contenders (a step is forward, loss, backward and update, lr 0.01, plain SGD):
                    CUDA implementation), eager
   torch-graph      (--graph) the same, captured with torch.cuda.CUDAGraph (whole-network
                    capture as in PyTorch's CUDA-graph notes), batch copied in
-  floor            the step's matrix products alone through cuBLAS (CuPy, preallocated
-                   outputs): x @ W per layer, x.T @ g per layer, g @ W.T for every layer
-                   but the first
+  floor            the step's matrix products alone through cuBLAS, captured once as a
+                   CUDA graph and replayed (one launch: no Python in the figure):
+                   x @ W per layer, x.T @ g per layer, g @ W.T for every layer but
+                   the first
 
 TFLOP/s: the step's matrix-product flops (2 n k m for each of those products) over
 the contender's median step time; `floor/backendnn` is the share of backendnn's step
@@ -187,11 +189,52 @@ def _make_torch(sizes, x, y, graph: bool):
 
 
 def _make_floor(sizes, x, y):
+    """The step's products (those of cpu.floor_step) captured once as a CUDA graph
+    through the backend's direct cuBLAS path (`Backend.matmul` while capturing: the
+    kernels `a @ b` runs): a replay is one launch, so on small cases the floor is the
+    GPU's time for the products, not Python's time to launch them."""
     import cupy
 
-    step = CPU.floor_step(cupy, sizes, cupy.asarray(x))
+    from backendnn import backends
+
+    be = backends.get("cupy")
+    gx = cupy.asarray(x)
+    rng = cupy.random.default_rng(1)
+    ws = [rng.standard_normal((a, b), dtype=cupy.float32) / cupy.float32(a ** 0.5)
+          for a, b in zip(sizes[:-1], sizes[1:])]
+
+    def products():
+        hs = [gx]
+        for w in ws:
+            hs.append(be.matmul(hs[-1], w))
+        g = hs[-1]
+        for i in range(len(ws) - 1, -1, -1):
+            be.matmul(hs[i].T, g)
+            if i:
+                g = be.matmul(g, ws[i].T)
+
+    step = be.capture_step(products)
     sync = cupy.cuda.get_current_stream().synchronize
-    return step, sync, {"cupy": cupy.__version__}
+    return step, sync, {"cupy": cupy.__version__, "floor": "one captured graph"}
+
+
+def _tf32_check(name: str) -> dict:
+    """Refuse TF32 in this worker (both sides compare float32 products): CUPY_TF32
+    must be unset or 0, torch's float32 matmul precision 'highest'. Returns what
+    was recorded."""
+    value = os.environ.get("CUPY_TF32", "unset")
+    if value not in ("unset", "0"):
+        msg = f"{name}: CUPY_TF32={value} would make CuPy's float32 products TF32; unset it"
+        raise SystemExit(msg)
+    out = {"CUPY_TF32": value}
+    if name.startswith("torch"):
+        import torch
+
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        out["torch_matmul_precision"] = torch.get_float32_matmul_precision()
+    return out
 
 
 def _make(name: str, case: str, stack):
@@ -237,7 +280,9 @@ class _Events:
 def _worker(name: str, case: str) -> None:
     """Answer 'run SECONDS N_MIN N_MAX WARMUP' lines with per-step times in ms."""
     with contextlib.ExitStack() as stack:
+        tf32 = _tf32_check(name)
         step, sync, info = _make(name, case, stack)
+        info = {**info, **tf32}
         events = _Events(name)
         for _ in range(3):
             step()

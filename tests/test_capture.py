@@ -186,8 +186,39 @@ def test_capture_refuses_buffers_replaced_each_step(graph_like):
         run(graph_like, capture=True, extra=(BatchNorm1d(16, backend=graph_like),))
 
 
-def test_capture_refuses_host_random_numbers(graph_like):
-    with pytest.raises(ValueError, match=r"random generator.*Dropout.*capture=False"):
+def test_captured_dropout_draws_new_masks_each_replay(graph_like):
+    """Dropout's Philox counter lives on the device and advances inside the step:
+    replays give the uncaptured trajectory, one mask per step."""
+    captured = run(graph_like, capture=True, extra=(Dropout(0.3, backend=graph_like),))
+    assert graph_like.captures == 1 and graph_like.replays == 3 * 6 - 2
+    assert graph_like.device_rng_state() == {"generator": "philox4x32-10", "seed": 3,
+                                             "counter": 3 * 7}
+    assert_same_run(captured, run(backends.get("numpy"), capture=False,
+                                  extra=(Dropout(0.3, backend="numpy"),)))
+
+
+def test_a_new_seed_is_captured_again(graph_like):
+    """The Philox key (the seed) is baked into a capture; reseeding recaptures, and
+    the counter restarts in the array the graph reads."""
+    backendnn.seed(3)
+    model = mlp(graph_like, extra=(Dropout(0.3, backend=graph_like),))
+    trainer = Trainer(model, SGD(model, lr=0.1), DataLoader(Dataset(*data()), batch_size=8),
+                      capture=True)
+    trainer.train(1, log_level=0)
+    _, counter = graph_like.random_stream()
+    backendnn.seed(4)
+    trainer.train(1, log_level=0)
+    assert graph_like.captures == 2
+    assert graph_like.random_stream() == (4, counter) and int(counter) == 7
+
+
+def test_capture_refuses_host_random_numbers(graph_like, monkeypatch):
+    def host_dropout(p_keep, shape, dtype="float32", **kw):
+        u = backends.host_rng().random(tuple(shape))
+        return graph_like.asarray(u < p_keep, dtype=dtype)
+
+    monkeypatch.setattr(graph_like, "device_bernoulli", host_dropout)
+    with pytest.raises(ValueError, match=r"host random generator.*on the device.*capture=False"):
         run(graph_like, capture=True, extra=(Dropout(0.3, backend=graph_like),))
 
 
@@ -340,10 +371,12 @@ def test_cupy_captured_training_with_a_schedule_and_clipping():
 
 
 @cuda
-def test_cupy_capture_refuses_dropout():
+def test_cupy_captured_dropout_is_the_uncaptured_dropout():
     be = backends.get("cupy")
-    with pytest.raises(RuntimeError, match=r"random numbers.*capture=False"):
-        run(be, capture=True, extra=(Dropout(0.3, backend=be),))
+    captured = run(be, capture=True, extra=(Dropout(0.3, backend=be),))
+    assert_same_run(captured, run(be, capture=False, extra=(Dropout(0.3, backend=be),)))
+    assert captured[2]._captured.replays == 3 * 6 - 2
+    assert be.device_rng_state()["counter"] == 3 * 7
 
 
 @cuda

@@ -646,7 +646,7 @@ def test_missing_safetensors_says_what_to_install(monkeypatch, tmp_path):
         save(make_model("numpy"), tmp_path / "m.safetensors")
 
 
-# --- the device generator (torch's and CuPy's Dropout masks) -------------------------
+# --- the Dropout mask stream (Philox: tests/test_random.py has the rest) -------------
 
 def make_dropout_model(backend):
     layers = [Linear(N_IN, 8, backend=backend), ReLU(backend=backend),
@@ -676,12 +676,11 @@ def resume(path, backend):
     return resumed
 
 
-@pytest.fixture(params=["torch", "cupy"])
+@pytest.fixture(params=BUILTIN)
 def device_backend(request):
-    """Each backend whose Dropout masks come from a device generator."""
-    backend = backend_or_skip(request.param)
-    assert backend.device_rng_state() is not None
-    return backend
+    """Every backend: each draws its Dropout masks from the Philox stream
+    (its state, the cross-backend resume and old files: tests/test_random.py)."""
+    return backend_or_skip(request.param)
 
 
 def test_resume_with_dropout_equals_training_straight(backend, tmp_path):
@@ -695,55 +694,12 @@ def test_resume_with_dropout_equals_training_straight(backend, tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
-def test_the_device_rng_state_is_what_makes_a_dropout_resume_exact(device_backend, tmp_path, monkeypatch):
-    backend = device_backend
-    path = tmp_path / "run.safetensors"
-    straight, _ = dropout_runs(backend, path)
-    saved = read_metadata(path)["device_rng"]
-    assert saved["backend"] == backend.name and saved["seed"] == 3
-    assert isinstance(saved["state"], str), "the generator drew masks: its bytes are saved"
-    monkeypatch.setattr(type(backend), "set_device_rng_state", lambda self, state: False)
-    resumed = resume(path, backend)
-    assert resumed.history[:4] == straight.history[:4]
-    assert resumed.history[-1]["loss"] != straight.history[-1]["loss"]
 
 
-def test_host_generator_backends_save_no_device_state(tmp_path):
-    b = backends.get("numpy")
-    assert b.device_rng_state() is None and b.set_device_rng_state(None) is False
-    save(make_dropout_model(b), tmp_path / "m.safetensors")
-    assert "device_rng" not in read_metadata(tmp_path / "m.safetensors")
 
 
-@pytest.mark.parametrize("dst", ["numpy", "array_api_strict"])
-def test_device_state_of_another_backend_is_skipped(dst, tmp_path):
-    """A torch checkpoint resumes on NumPy: weights, optimiser and batch order
-    continue; torch's masks cannot, so its device state is left unused."""
-    src, dst = backend_or_skip("torch"), backend_or_skip(dst)
-    path = tmp_path / "run.safetensors"
-    straight, first = dropout_runs(src, path)
-    assert read_metadata(path)["device_rng"]["backend"] == "torch"
-    backendnn.seed(99)
-    resumed = make_trainer(load(path, backend=dst), "sgd_momentum")
-    restore(path, trainer=resumed)
-    np.testing.assert_array_equal(weights(resumed.model)[0], weights(first.model)[0])
-    resumed.train(1, log_level=0)
-    assert [r["epoch"] for r in resumed.history] == [0, 1, 2, 3, 4]
-    assert np.isfinite(resumed.history[-1]["loss"])
 
 
-def test_a_device_state_that_does_not_fit_is_a_checkpoint_error(tmp_path):
-    b = backend_or_skip("torch")
-    path = tmp_path / "run.safetensors"
-    dropout_runs(b, path)
-    with safetensors.safe_open(str(path), framework="np") as f:
-        meta = dict(f.metadata())
-        arrays = {k: f.get_tensor(k) for k in f.keys()}
-    state = read_metadata(path)["device_rng"]
-    meta["device_rng"] = checkpoint._dumps({**state, "state": state["state"][:-8]})
-    safetensors.numpy.save_file(arrays, str(path), metadata=meta)
-    with pytest.raises(CheckpointError, match="device RNG state does not fit backend 'torch'"):
-        restore(path, model=load(path, backend=b))
 
 
 # --- device_rng_state / set_device_rng_state round trips ----------------------------
@@ -765,18 +721,6 @@ def test_device_state_round_trips_through_json(device_backend):
         np.testing.assert_array_equal(got, expected)
 
 
-def test_a_fresh_generator_is_saved_as_its_seed(device_backend):
-    """Before the first mask after seed(), the state is the seed alone; restoring it
-    starts that seed's stream whatever the current seed is."""
-    backend = device_backend
-    backendnn.seed(5)
-    state = backend.device_rng_state()
-    assert state["seed"] == 5 and state["state"] is None
-    want = masks(backend)
-    backendnn.seed(6)
-    assert backend.set_device_rng_state(state) is True
-    for got, expected in zip(masks(backend), want):
-        np.testing.assert_array_equal(got, expected)
 
 
 def test_seed_after_a_restore_starts_the_seed_stream_again(device_backend):
@@ -803,24 +747,3 @@ def test_restored_seed_is_kept_in_the_next_state(device_backend):
     assert backend.device_rng_state()["seed"] == 5
 
 
-def test_device_states_that_do_not_apply_are_refused_or_skipped(device_backend):
-    backend = device_backend
-    backendnn.seed(5)
-    masks(backend, 1)
-    state = backend.device_rng_state()
-    want = masks(backend)
-    backendnn.seed(5)
-    masks(backend, 1)
-    assert backend.set_device_rng_state(None) is False
-    assert backend.set_device_rng_state({**state, "backend": "other"}) is False
-    assert backend.set_device_rng_state({**state, "device": "elsewhere"}) is False
-    with pytest.raises(ValueError, match="bytes"):
-        backend.set_device_rng_state({**state, "state": state["state"][:-8]})
-    with pytest.raises(ValueError, match="not base64"):
-        backend.set_device_rng_state({**state, "state": "#not base64#"})
-    with pytest.raises(ValueError, match="'seed' must be a non-negative int"):
-        backend.set_device_rng_state({**state, "seed": -1})
-    with pytest.raises(TypeError, match="expects a dict"):
-        backend.set_device_rng_state("state")
-    for got, expected in zip(masks(backend), want):   # nothing above changed the stream
-        np.testing.assert_array_equal(got, expected)

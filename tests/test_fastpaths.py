@@ -211,3 +211,31 @@ def test_arrays_kept_from_one_step_survive_the_next(backend, rng):
         opt.step()
     for k, v in kept.items():
         np.testing.assert_array_equal(host(backend, v), snapshot[k], err_msg=k)
+
+
+def _torch_cuda_reason():
+    try:
+        import torch
+    except ImportError:
+        return "needs PyTorch"
+    return "" if torch.cuda.is_available() else "needs PyTorch built with CUDA and a usable GPU"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(bool(_torch_cuda_reason()), reason=_torch_cuda_reason() or "-")
+def test_torch_backend_on_cuda_is_a_gpu_path(rng):
+    """backend="torch" on a CUDA machine: tensors on the GPU, the kernels above on it,
+    and the Philox Dropout masks equal to NumPy's."""
+    tb = get("torch")
+    assert tb.device.type == "cuda"
+    z_np = rng.normal(0, 3, (64, 10)).astype(np.float32)
+    y_np = rng.integers(0, 10, 64)
+    loss, grad = tb.softmax_cross_entropy(tb.asarray(z_np), tb.asarray(y_np))
+    ref_loss, ref_grad = ref_cross_entropy(z_np.astype(np.float64), y_np)
+    np.testing.assert_allclose(host(tb, loss), ref_loss, **F32)
+    np.testing.assert_allclose(host(tb, grad), ref_grad, **F32)
+    backendnn.seed(3)
+    got = host(tb, tb.device_bernoulli(0.3, (256, 512)))
+    nb = get("numpy")
+    backendnn.seed(3)
+    np.testing.assert_array_equal(got, nb.device_bernoulli(0.3, (256, 512)))

@@ -1,6 +1,6 @@
 """Dropout, BatchNorm1d, LayerNorm, Flatten and Identity on every backend: forward and
 backward against torch.nn (CPU, float64), gradcheck in float64, running statistics,
-dtype and device kept, buffers moved bit for bit, and the device RNG's seeding.
+dtype and device kept, buffers moved bit for bit, and the Dropout mask stream.
 
 Conventions: `backward(grad)` takes dL/dy and returns dL/dx; parameter grads are
 sums over the batch of grad times the local derivative, so with the same upstream
@@ -13,6 +13,7 @@ import backendnn
 from backendnn import (
     BatchNorm1d,
     Dropout,
+    Dropout2d,
     Flatten,
     Identity,
     LayerNorm,
@@ -249,13 +250,16 @@ def test_dropout_masks_agree_across_dtypes(backend):
     np.testing.assert_array_equal(m32, m64)
 
 
-def test_host_generator_backends_draw_the_same_masks():
-    numpy_b, strict_b = backend_or_skip("numpy"), backend_or_skip("array_api_strict")
-    backendnn.seed(11)
-    a = numpy_b.device_bernoulli(0.5, (10, 10))
-    backendnn.seed(11)
-    b = strict_b.device_bernoulli(0.5, (10, 10))
-    np.testing.assert_array_equal(a, strict_b.to_numpy(b))
+def test_dropout_masks_are_the_same_on_every_backend(backend):
+    """One Philox stream: the seed alone decides the masks (tests/test_random.py)."""
+    def masks(b):
+        backendnn.seed(11)
+        layer, channels = Dropout(0.5, backend=b), Dropout2d(0.5, backend=b)
+        x = b.asarray(np.ones((10, 3, 4, 4), np.float32))
+        return host(b, layer(x)), host(b, channels(x))
+
+    for got, want in zip(masks(backend), masks(backend_or_skip("numpy"))):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_model_mode_switches_dropout_and_batchnorm(backend, rng):

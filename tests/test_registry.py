@@ -616,3 +616,129 @@ def test_dlpack_between_torch_cuda_and_cupy_copies_nothing():
     c[0] = 42.0
     cp.synchronize()
     assert float(t[0]) == 42.0
+
+
+# --- the CuPy backend's code paths that run without a GPU (fakes for CuPy) -----------------
+
+def test_cupy_kernel_sources_use_only_their_parameters():
+    import re
+
+    from backendnn.backends import cupy as cupy_module
+
+    known = {"i", "exp", "log", "T", "long"}
+    for name, (inputs, outputs, body) in cupy_module._KERNELS.items():
+        params = {p.split()[-1] for p in f"{inputs}, {outputs}".split(",")}
+        used = set(re.findall(r"[A-Za-z_]\w*", body))
+        assert used <= params | known, f"kernel {name} uses {used - params - known}"
+        assert outputs.split()[-1] in re.findall(r"^\s*(\w+)\s*[-+]?=", body)[0:1], name
+
+
+class _FakeCupyModule:
+    """What the CuPy backend's host-side code touches: ndarray, from_dlpack, asarray."""
+
+    class ndarray:  # noqa: N801 (CuPy's name)
+        pass
+
+    def __init__(self):
+        self.dlpack_calls, self.host_copies = [], []
+
+    def from_dlpack(self, obj):
+        self.dlpack_calls.append(obj)
+        if obj.requires_grad:
+            raise BufferError("Can't export tensors that require gradient, use tensor.detach()")
+        raise RuntimeError("unsupported device")  # a CPU-side fake: fall back to the host
+
+    def asarray(self, obj, dtype=None):
+        self.host_copies.append(obj)
+        return obj
+
+    def zeros(self, shape, dtype=None):
+        return np.zeros(shape, dtype=dtype)
+
+
+def fake_cupy_backend(monkeypatch):
+    from backendnn.backends.cupy import CupyBackend
+
+    b = CupyBackend.__new__(CupyBackend)
+    b._cupy, b._dtypes, b.device = _FakeCupyModule(), {}, types.SimpleNamespace(id=0)
+    b.xp = types.SimpleNamespace()
+    monkeypatch.setattr(CupyBackend, "_host", staticmethod(lambda obj: np.asarray(obj.values)))
+    return b
+
+
+class _TorchLikeCudaTensor:
+    __module__ = "torch.fake"
+    is_cuda = True
+
+    def __init__(self, requires_grad):
+        self.requires_grad, self.values = requires_grad, [1.0, 2.0]
+
+    def detach(self):
+        return _TorchLikeCudaTensor(False)
+
+    def __dlpack__(self, *args, **kwargs):
+        raise AssertionError("the fake CuPy does not call this")
+
+
+def test_cupy_asarray_detaches_torch_tensors_and_falls_back_on_refusal(monkeypatch):
+    b = fake_cupy_backend(monkeypatch)
+    out = b.asarray(_TorchLikeCudaTensor(requires_grad=True))
+    assert [t.requires_grad for t in b._cupy.dlpack_calls] == [False], "not detached"
+    np.testing.assert_array_equal(out, [1.0, 2.0])  # refused: copied through the host
+
+
+def test_cupy_owns_only_arrays_of_its_device(monkeypatch):
+    b = fake_cupy_backend(monkeypatch)
+    here, there = b._cupy.ndarray(), b._cupy.ndarray()
+    here.device, there.device = types.SimpleNamespace(id=0), types.SimpleNamespace(id=1)
+    assert b.owns(here) and not b.owns(there) and not b.owns(np.zeros(2))
+
+
+def test_cupy_captured_products_refuse_what_cublas_gemm_cannot_do():
+    from backendnn.backends.cupy import _DirectGemm
+
+    gemm = _DirectGemm.__new__(_DirectGemm)
+    gemm.cupy = _FakeCupyModule()
+    f32 = np.zeros((3, 4), np.float32)
+    for a, b in ((np.zeros((3, 4), np.int64), np.zeros((4, 2), np.int64)),
+                 (f32, np.zeros((4, 2), np.float64)), (f32, np.zeros((5, 2), np.float32)),
+                 (np.zeros((2, 3, 4), np.float32), np.zeros((4, 2), np.float32))):
+        with pytest.raises(RuntimeError, match=r"captured step can only multiply.*capture=False"):
+            gemm(a, b)
+    empty = gemm(np.zeros((3, 0), np.float32), np.zeros((0, 2), np.float32))
+    assert empty.shape == (3, 2) and not empty.any()
+
+
+def test_cupy_gemm_handle_gets_its_workspace_after_each_stream_change():
+    from backendnn.backends.cupy import _DirectGemm
+
+    calls = []
+    gemm = _DirectGemm.__new__(_DirectGemm)
+    gemm.handle = 7
+    gemm._workspace = types.SimpleNamespace(data=types.SimpleNamespace(ptr=1234), nbytes=99)
+    gemm._set_stream = lambda handle, ptr: calls.append(("stream", handle, ptr)) or 0
+    gemm._set_workspace = lambda handle, ptr, size: calls.append(("workspace", handle, ptr, size)) or 0
+    gemm.bind(types.SimpleNamespace(ptr=55))
+    assert calls == [("stream", 7, 55), ("workspace", 7, 1234, 99)]
+    gemm._set_workspace = lambda *args: 14  # CUBLAS_STATUS_INTERNAL_ERROR
+    with pytest.raises(RuntimeError, match="cublasSetWorkspace failed with cuBLAS status 14"):
+        gemm.bind(types.SimpleNamespace(ptr=55))
+
+
+def test_gpu_check_script_parses_and_runs_every_step():
+    """benchmarks/gpu_check.sh, the one-shot check for a CUDA machine: bash -n here."""
+    import pathlib
+    import shutil
+    import subprocess
+
+    script = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.sh"
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash here")
+    subprocess.run([bash, "-n", str(script)], check=True, capture_output=True, text=True)
+    text = script.read_text()
+    for needed in ("-m cuda", "parity --backend cupy", "gpu.py\" --graph", "unset CUPY_TF32",
+                   "capture_step", "device_bernoulli"):
+        assert needed in text, needed
+    run = subprocess.run([bash, str(script)], capture_output=True, text=True)
+    assert run.returncode != 0 and "usage: gpu_check.sh OUTDIR" in run.stderr

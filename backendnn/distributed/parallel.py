@@ -21,8 +21,9 @@ class DataParallel:
       global batch's mean, uneven parts included. Gradients are copied into a few
       flat buckets per dtype (`bucket_mb` each, in backward order); a bucket's
       non-blocking allreduce starts as soon as backward has produced all of it.
-      Dropout masks are drawn for the whole global batch and sliced, so masks and
-      the random stream match one process (each rank draws global-batch-many).
+      Dropout masks: each rank draws only its rows, as rows `start` .. `start + n`
+      of the global batch's mask (the Philox counter of a row is its global sample
+      index), so masks and the random stream match one process.
     - `reduce_losses`, `reduce_sums`: epoch losses and validation sums over ranks.
     - `sync_buffers()`: rank 0's running statistics to every rank (local BatchNorm).
 
@@ -110,7 +111,7 @@ class DataParallel:
         model = self.model
         xp = model.backend.xp
         n = x.shape[0]
-        with _global_masks(model.backend, start, n, n_global):
+        with _rows_of_global_masks(model.backend, start, n, n_global):
             out = model(x)
         if n:
             loss = xp.sum(model.criterion(out, y))
@@ -228,21 +229,22 @@ class _Plan:
 
 
 @contextlib.contextmanager
-def _global_masks(backend, start: int, n: int, n_global: int):
+def _rows_of_global_masks(backend, start: int, n: int, n_global: int):
     """While active, a random mask of this rank's rows (Dropout's `device_bernoulli`
-    with a first axis of n) is drawn for all n_global rows and sliced to ours: the
-    masks, and every later draw of the generator, are those of one process."""
+    with a first axis of n) is drawn as rows start .. start + n of the global batch's
+    mask (`first_row=start`), and nothing else: the masks, and the stream's counter
+    (one a mask, whatever its height), are those of one process."""
     if n == n_global:
         yield
         return
     had = "device_bernoulli" in vars(backend)
     original = backend.device_bernoulli
 
-    def draw(p_keep, shape, dtype="float32"):
+    def draw(p_keep, shape, dtype="float32", *, first_row=0):
         shape = tuple(shape)
         if shape and shape[0] == n:
-            return original(p_keep, (n_global, *shape[1:]), dtype)[start:start + n, ...]
-        return original(p_keep, shape, dtype)
+            first_row += start
+        return original(p_keep, shape, dtype, first_row=first_row)
 
     backend.device_bernoulli = draw
     try:

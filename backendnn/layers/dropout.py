@@ -13,11 +13,12 @@ class Dropout(Layer):
         p: the probability of zeroing an entry, in [0, 1] (p = 1 outputs zeros).
 
     Shape: any -> same.
-    Masks come from the backend's `device_bernoulli`, whose generator follows
-    `backendnn.seed`: NumPy and array-api-strict draw the same masks from the
-    seeded host generator; torch and CuPy draw on their device, reproducibly for
-    a seed on one backend and device, but not the NumPy masks. Checkpoints save the
-    device generator's state, so a resume on the same backend and device is exact.
+    Masks come from the backend's `device_bernoulli`: a Philox-4x32-10 stream keyed
+    on `backendnn.seed`, computed on the device with a counter kept there, so one
+    seed gives the same masks on every backend and device, a captured step
+    (`Trainer(capture=True)`) draws new ones each replay, and checkpoints resume
+    them anywhere (the stream's state is its seed and counter). P(keep) is 1 - p to
+    2^-16 (16-bit draws); the scale is 1 / (1 - p) exactly.
     `backward` multiplies by the mask of the last forward pass.
     `hold_mask = True` (set by `gradcheck` in train mode) reuses the last mask
     while the input shape stays the same, making the layer deterministic.
