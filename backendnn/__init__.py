@@ -38,7 +38,14 @@ from .layers import (  # noqa: E402
     Softmax,
     Tanh,
 )
-from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MeanSquaredError  # noqa: E402
+from .losses import (  # noqa: E402
+    BinaryCrossEntropy,
+    CrossEntropy,
+    HuberLoss,
+    L1Loss,
+    Loss,
+    MeanSquaredError,
+)
 from .metrics import accuracy  # noqa: E402
 from .model import MLP, Sequential  # noqa: E402
 from . import init  # noqa: E402
@@ -97,6 +104,8 @@ __all__ = [
     "BinaryCrossEntropy",
     "MeanSquaredError",
     "CrossEntropy",
+    "L1Loss",
+    "HuberLoss",
     "Sequential",
     "MLP",
     "Optimizer",

@@ -6,7 +6,7 @@ log, and `LayerStats`, which records what every layer does.
         CSVLogger("history.csv"), LayerStats()])
 
 Each epoch-end hook gets the epoch's history row (`logs`: epoch, loss, val_loss,
-val_metric, ...) after `trainer.epoch` has moved on to the next epoch, so a
+val_accuracy, ...) after `trainer.epoch` has moved on to the next epoch, so a
 checkpoint written there resumes at the next epoch. Values are read from the
 device once per epoch, never per batch.
 """
@@ -41,6 +41,9 @@ class Callback:
         """After the last epoch of a `train` call, early stop or not."""
 
 
+_HIGHER_IS_BETTER = ("acc", "metric", "f1", "auc", "precision", "recall", "r2")
+
+
 class _Monitor(Callback):
     """Shared by callbacks that watch one value of the history row."""
 
@@ -52,16 +55,20 @@ class _Monitor(Callback):
             msg = f"{type(self).__name__}: `min_delta` must be a number >= 0, got {min_delta!r}"
             raise ValueError(msg)
         if mode == "auto":
-            mode = "max" if ("acc" in monitor or "metric" in monitor) else "min"
+            mode = "max" if any(w in monitor for w in _HIGHER_IS_BETTER) else "min"
         self.monitor, self.mode, self.min_delta = monitor, mode, float(min_delta)
         self.best = None
 
     def _value(self, logs: dict, trainer=None) -> float:
         if self.monitor == "val_metric" and getattr(trainer, "metric", False) is None:
             msg = (f"{type(self).__name__}: monitors 'val_metric', but the Trainer has no "
-                   "metric (its val_metric is always NaN): pass metric= to the Trainer, or "
+                   "metric: pass metric= to the Trainer (then monitor e.g. 'val_accuracy'), or "
                    "monitor 'val_loss'")
             raise ValueError(msg)
+        if self.monitor == "val_metric" and self.monitor not in logs:
+            named = [k for k in logs if k.startswith("val_") and k != "val_loss"]
+            if len(named) == 1:  # the name of earlier versions for the one metric
+                return float(logs[named[0]])
         if self.monitor not in logs:
             hint = " (pass a validation loader to the Trainer)" if self.monitor.startswith("val_") else ""
             msg = (
@@ -85,10 +92,12 @@ class EarlyStopping(_Monitor):
     """Stop training when `monitor` has not improved for `patience` epochs.
 
     Args:
-        monitor: a key of the history row ("val_loss", "val_metric", "loss").
+        monitor: a key of the history row ("val_loss", "val_accuracy", "loss", ...;
+            "val_metric" finds the one validation metric whatever its name).
         patience: epochs without improvement before stopping.
         min_delta: the least change that counts as an improvement.
-        mode: "min", "max", or "auto" (max for names with "acc" or "metric", else min).
+        mode: "min", "max", or "auto" (max for accuracy, f1, auc, precision, recall,
+            r2 and "val_metric"; else min).
         restore_best_weights: on stopping, put back the weights and buffers (running
             statistics) of the best epoch (kept as device copies, no host transfer).
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 import copy
 import json
 
-from .backends import get_backend
+from .backends import get_backend, to_host
+from .data import check_training_dtype
 from .layers import Layer, LeakyReLU, Linear, ReLU, ShapeError, Sigmoid, Softmax, Tanh
 from .layers.base import _dtype_name
-from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MeanSquaredError
+from .losses import BinaryCrossEntropy, CrossEntropy, HuberLoss, L1Loss, Loss, MeanSquaredError
 from .losses.base import _same_backend
 
 
@@ -40,6 +41,7 @@ class Sequential:
                    "built from one")
             raise TypeError(msg)
         self.dtype = dtypes.pop() if dtypes else "float32"
+        check_training_dtype("Sequential", self.dtype)
         self._move(self.backend, self.dtype)
 
     def __call__(self, x):
@@ -60,22 +62,81 @@ class Sequential:
         """Per-sample loss of the batch: criterion(forward(x), y)."""
         return self._criterion()(self.forward(x), y)
 
-    def backward(self, *, input_grad: bool = False):
+    def backward(self, *, input_grad: bool = False, optimizer=None):
         """Backpropagate the criterion's gradient through every layer, last to first.
 
         The first layer skips the input gradient (nothing needs it) unless
         `input_grad=True`, which returns dL/dx, shape of the input.
+
+        With an `optimizer`, its step is made inside the pass: each layer's parameters
+        are updated as soon as that layer's backward has left their gradients (while
+        they are still in cache), the same values as `backward()` then
+        `optimizer.step()`. Use it only where nothing reads or changes the gradients
+        between the two (no gradient clipping, no callback reading them).
         """
         grad = self._criterion().backward()
         layers = self.layers
-        for layer in layers[:0:-1]:
-            grad = layer.backward(grad)
-        if not layers:
-            return grad if input_grad else None
-        if input_grad:
-            return layers[0].backward(grad)
-        getattr(layers[0], "backward_params", layers[0].backward)(grad)
-        return None
+        if optimizer is not None:
+            optimizer._begin_step()
+        try:
+            for layer in layers[:0:-1]:
+                grad = layer.backward(grad)
+                if optimizer is not None:
+                    optimizer._step_layer(layer)
+            out = None
+            if layers and input_grad:
+                out = layers[0].backward(grad)
+            elif layers:
+                getattr(layers[0], "backward_params", layers[0].backward)(grad)
+            else:
+                out = grad if input_grad else None
+            if optimizer is not None:
+                if layers:
+                    optimizer._step_layer(layers[0])
+                optimizer._end_step()
+        finally:
+            if optimizer is not None:
+                optimizer._pending = {}
+        return out
+
+    def predict(self, X, batch_size: int | None = None):
+        """The model's outputs for `X` as a host NumPy array, in eval mode (Dropout off,
+        running statistics used; each layer's mode is put back after the call).
+
+        Args:
+            X: samples (n, ...): a list, a NumPy or pandas object, or an array of any
+                backend; cast to the model's dtype on its backend.
+            batch_size: samples per forward pass (bounds the memory); None: all at once.
+
+        Returns: (n, n_out) outputs in the model's dtype, read back once: logits or
+        probabilities, whatever the last layer gives (argmax them for class indices).
+        """
+        from ._validate import integer
+
+        if batch_size is not None:
+            batch_size = integer("Sequential.predict", "batch_size", batch_size, minimum=1)
+        backend, xp = self.backend, self.backend.xp
+        if not backend.owns(X):
+            X = to_host(X)
+        n = X.shape[0] if getattr(X, "ndim", 0) else 0
+        if not getattr(X, "ndim", 0):
+            msg = f"Sequential.predict: expected samples (n, ...), got {type(X).__name__} of shape ()"
+            raise ShapeError(msg)
+        step = n if batch_size is None else batch_size
+        modes = [layer.training for layer in self.layers]
+        self.eval()
+        try:
+            outs = [self.forward(backend.asarray(X[i:i + step, ...], dtype=self.dtype))
+                    for i in range(0, n, max(step, 1))]
+        finally:
+            for layer, mode in zip(self.layers, modes):
+                layer.train(mode)
+            for layer in self.layers:
+                layer._clear()
+        if not outs:
+            msg = "Sequential.predict: X holds no samples"
+            raise ValueError(msg)
+        return backend.to_numpy(outs[0] if len(outs) == 1 else xp.concat(outs, axis=0))
 
     def parameters(self) -> list:
         """Every trainable `Param` of every layer, in layer order."""
@@ -162,11 +223,12 @@ class Sequential:
 
     def to(self, backend, dtype: str | None = None):
         """Move every parameter and buffer to `backend` (a name or Backend), and to
-        `dtype` if given. Values are kept bit for bit. A dtype the backend lacks
-        raises before anything moves."""
+        `dtype` if given (float32 or float64). Values are kept bit for bit. A dtype the
+        backend lacks, and float16 / bfloat16, raise TypeError before anything moves."""
         backend = get_backend(backend)
         dtype = self.dtype if dtype is None else _dtype_name(dtype)
         backend.dtype(dtype)
+        check_training_dtype("Sequential.to", dtype)
         self._move(backend, dtype)
         self.backend, self.dtype = backend, dtype
         return self
@@ -266,6 +328,8 @@ LOSSES = {
     "binary_cross_entropy": BinaryCrossEntropy,
     "cross_entropy": CrossEntropy,
     "ce": CrossEntropy,
+    "l1": L1Loss,
+    "huber": HuberLoss,
 }
 
 

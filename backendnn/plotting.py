@@ -51,8 +51,9 @@ def _numbers(values) -> list:
 
 
 def plot_history(history, path=None, *, title: str | None = None):
-    """Loss curves (every key ending in "loss") beside the other numeric columns
-    (val_metric, ...; "lr" gets its own panel), against the epoch.
+    """Loss curves (every key ending in "loss") beside the metrics (accuracy,
+    val_accuracy, ...; "lr" gets its own panel), against the epoch. A column with no
+    finite value gets no panel.
 
     Args:
         history: a `History` (a list of dicts with an "epoch" key).
@@ -66,6 +67,8 @@ def plot_history(history, path=None, *, title: str | None = None):
     for row in rows:
         keys += [k for k, v in row.items() if k not in keys and k != "epoch"
                  and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    keys = [k for k in keys if k != "skipped" and any(
+        row.get(k) is not None and math.isfinite(row[k]) for row in rows)]  # no empty panel
     panels = [[k for k in keys if k.endswith("loss")],
               [k for k in keys if not k.endswith("loss") and k != "lr"],
               [k for k in keys if k == "lr"]]

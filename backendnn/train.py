@@ -4,10 +4,13 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import warnings
 
 from tqdm.auto import tqdm
 
+from ._validate import boolean, integer
 from .capture import CapturedStep
+from .metrics import metric_name
 from .optim import ChainedScheduler, clip_grad_norm
 
 
@@ -16,10 +19,22 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class History(list):
-    """One dict per epoch: epoch, loss, and with a validation loader val_loss, val_metric."""
+    """One dict per epoch: epoch, loss, and with a validation loader val_loss and
+    val_<metric> for each metric, named after it (val_accuracy, val_r2, ...); with
+    `Trainer(train_metric=True)` also <metric> on the training set; "lr" with a
+    scheduler, "skipped" with on_nonfinite="skip_batch". No column without a metric.
+
+    `column("val_metric")` (and `row["val_metric"]` on the rows a Trainer writes)
+    still finds the one validation metric, under the name of earlier versions."""
 
     def column(self, key: str) -> list:
+        if key == "val_metric" and not any(key in row for row in self):
+            key = self._only_val_metric() or key
         return [row.get(key) for row in self]
+
+    def _only_val_metric(self):
+        names = {k for row in self for k in row if k.startswith("val_") and k != "val_loss"}
+        return names.pop() if len(names) == 1 else None
 
     @property
     def loss(self) -> list:
@@ -31,7 +46,17 @@ class History(list):
 
     @property
     def val_metric(self) -> list:
+        """The one validation metric's column (whatever its name)."""
         return self.column("val_metric")
+
+    @property
+    def metrics(self) -> list[str]:
+        """The names of the recorded metrics (accuracy, ...), without prefixes."""
+        names = []
+        for row in self:
+            names += [k[4:] for k in row if k.startswith("val_") and k != "val_loss"
+                      and k[4:] not in names]
+        return names
 
     def plot(self, path=None, **kw):
         """Loss and metric curves against the epoch, written to `path` as PNG when
@@ -41,16 +66,35 @@ class History(list):
         return plot_history(self, path, **kw)
 
 
+class _Row(dict):
+    """A history row; the old key "val_metric" reads its one validation metric."""
+
+    def __missing__(self, key):
+        if key == "val_metric":
+            names = [k for k in self if k.startswith("val_") and k != "val_loss"]
+            if len(names) == 1:
+                return self[names[0]]
+        raise KeyError(key)
+
+
 class Trainer:
     """Trains a `Sequential` with an optimiser over a training DataLoader.
 
     Args:
-        model, optimizer: the network (with its criterion) and what updates it.
+        model, optimizer: the network (with its criterion) and what updates it (built
+            over this model's parameters, or some of them).
         train_dl, val_dl: loaders of (x, y) batches; val_dl may be None. A DataLoader's
             batches go to the model's backend and dtype; any other iterable (a list of
             (x, y) pairs) must yield arrays of the model's backend, and is iterated once
             per epoch (a generator is used up after the first).
-        metric: f(y_hat, y) -> 0-d array or float, e.g. `accuracy`; may be None.
+        metric: f(y_hat, y) -> 0-d array, e.g. `accuracy` (backendnn.metrics has
+            top_k_accuracy, precision, recall, f1, roc_auc, mae, rmse, r2), a list of
+            them, or a dict {name: f}; None: none. The History names each after the
+            function ("val_accuracy"). Computed once over the whole validation set
+            (its batches' outputs concatenated on the device), so F1, AUC and R² are
+            exact, not averages of batches.
+        train_metric: also record each metric on the training set at the end of each
+            epoch (one more pass, in eval mode), as "accuracy", ... beside "loss".
         progress: show a tqdm bar; default: only when stderr is a terminal.
         callbacks: `Callback`s called around each epoch (backendnn.callbacks:
             EarlyStopping, ModelCheckpoint, CSVLogger, LayerStats); a callback
@@ -60,6 +104,16 @@ class Trainer:
             recorded in the history as "lr".
         max_grad_norm: clip the gradients to this global L2 norm before each step
             (`clip_grad_norm`); None: no clipping.
+        on_nonfinite: what a NaN or infinite batch loss does. "raise" (default): stop
+            with `NonFiniteLossError` naming the epoch and batch, the model (and
+            optimiser) put back as they were just before that batch, all finite.
+            "skip_batch": undo that batch's step, go on, and count it in the history's
+            "skipped" column (with a warning).
+        check_every: how many steps run between checks of the losses (one read-back
+            from the device each time, and a device copy of the model and optimiser
+            state, the last good state a non-finite loss rolls back to). Between
+            checks nothing is read back; after a rollback the steps since the last
+            check are run again, checked one by one.
         capture: capture the whole step (forward, loss, backward, clipping, update)
             once and replay it for every full-size batch, on backends that can
             (`Backend.can_capture`: CuPy, as a CUDA graph; elsewhere it does
@@ -71,23 +125,32 @@ class Trainer:
             every global batch (a DataLoader's `batch_size` is the global batch),
             gradients summed over ranks weighted by sample counts (the one-process
             gradient), losses and metrics reduced (History is the same on every
-            rank); only rank 0 prints and shows progress. An exception on one rank
+            rank; a metric is the sample-weighted mean of each rank's); only rank 0
+            prints and shows progress. An exception on one rank
             ends every rank (MPI_Abort) with that rank's error. None, or a size-1
-            communicator: one process, as without it.
+            communicator: one process, as without it. Losses are checked once per
+            epoch there; a non-finite one rolls back to the epoch's start and raises.
 
-    The loss is read back from the device once per epoch, where it is also checked:
-    a NaN or infinite batch loss stops training with the epoch and batch it came from.
-    Nothing else is read back during training: integer labels of a `Dataset` are
-    range-checked on the host (`Dataset.label_range`, `CrossEntropy.labels_known`)
-    instead of batch by batch on the device.
+    Nothing is read back from the device between loss checks: integer labels of a
+    `Dataset` are range-checked on the host (`Dataset.label_range`,
+    `CrossEntropy.labels_known`) instead of batch by batch on the device.
     """
 
     def __init__(self, model, optimizer, train_dl, val_dl=None, metric=None, *,
-                 progress: bool | None = None, callbacks=(), scheduler=None,
-                 max_grad_norm: float | None = None, capture: bool = False, comm=None):
+                 train_metric: bool = False, progress: bool | None = None, callbacks=(),
+                 scheduler=None, max_grad_norm: float | None = None,
+                 on_nonfinite: str = "raise", check_every: int = 50,
+                 capture: bool = False, comm=None):
         if not isinstance(capture, bool):
             msg = f"Trainer: `capture` must be True or False, got {capture!r}"
             raise TypeError(msg)
+        _check_model(model, optimizer)
+        if on_nonfinite not in ("raise", "skip_batch"):
+            msg = f"Trainer: `on_nonfinite` must be 'raise' or 'skip_batch', got {on_nonfinite!r}"
+            raise ValueError(msg)
+        self.on_nonfinite = on_nonfinite
+        self.check_every = integer("Trainer", "check_every", check_every, minimum=1)
+        self.train_metric = boolean("Trainer", "train_metric", train_metric)
         self.comm, self._dp = comm, None
         if comm is not None:
             if not all(hasattr(comm, a) for a in ("rank", "size", "allreduce")):
@@ -95,6 +158,9 @@ class Trainer:
                        f"backendnn.distributed.init(), got {type(comm).__name__}")
                 raise TypeError(msg)
             if comm.size > 1:
+                if on_nonfinite != "raise":
+                    msg = "Trainer: on_nonfinite='skip_batch' is not supported with `comm`"
+                    raise ValueError(msg)
                 self._dp = self._data_parallel(model, optimizer, comm, train_dl, capture,
                                                max_grad_norm)
         self.is_main = comm is None or comm.rank == 0
@@ -105,10 +171,13 @@ class Trainer:
         self.max_grad_norm = max_grad_norm
         self.callbacks = list(callbacks or ())
         self.stop_training = False
-        self.train_dl, self.val_dl, self.metric = train_dl, val_dl, metric
+        self.train_dl, self.val_dl = train_dl, val_dl
+        self.metric = metric
+        self.metrics = _metrics(metric)
         self.progress = (sys.stderr.isatty() if progress is None else progress) and self.is_main
         self.history = History()
         self.epoch = 0
+        self.skipped: list[tuple[int, int]] = []  # (epoch, batch) undone by skip_batch
 
     @staticmethod
     def _data_parallel(model, optimizer, comm, train_dl, capture, max_grad_norm):
@@ -140,7 +209,7 @@ class Trainer:
 
     def train_one_epoch(self) -> float:
         """Train for one epoch; return the mean per-sample training loss."""
-        model, xp = self.model, self.model.backend.xp
+        model = self.model
         dp = self._dp
         step = self._step
         if dp is not None:
@@ -152,33 +221,96 @@ class Trainer:
             step = self._captured
             step.stale = step.replay is not None  # evaluate() may have rebound caches
         model.train()
-        losses, n = [], 0
         bar = tqdm(total=_len(self.train_dl), desc=f"epoch {self.epoch}", leave=False,
                    disable=not self.progress, file=sys.stderr)
         with bar, self._labels_known(self.train_dl):
-            for x, y, start, n_global in self._parts(self.train_dl):
-                losses.append(step(x, y) if dp is None else step(x, y, start, n_global))
-                n += x.shape[0]
-                bar.update()
-            if not losses:
-                msg = (f"Trainer: the training loader yielded no batches at epoch {self.epoch} "
-                       "(empty dataset, drop_last with too few samples, or a generator "
-                       "already used up: pass a list or a DataLoader)")
-                raise ValueError(msg)
-            per_batch = model.backend.to_numpy(xp.stack(losses)).tolist()
             if dp is not None:
-                per_batch, n = dp.reduce_losses(per_batch, n)
-            bad = [i for i, v in enumerate(per_batch) if not math.isfinite(v)]
-            if bad:
-                msg = (
-                    f"training loss became {per_batch[bad[0]]} at epoch {self.epoch}, batch "
-                    f"{bad[0]}: lower the learning rate, scale the inputs, or check the data "
-                    "for NaN"
-                )
-                raise NonFiniteLossError(msg)
-            loss = sum(per_batch) / n
+                per_batch, n = self._epoch_data_parallel(dp, bar)
+            else:
+                per_batch, n = self._epoch_checked(step, bar)
+            loss = sum(per_batch) / n if n else math.nan
             bar.set_postfix(loss=f"{loss:.4f}")
         return loss
+
+    def _epoch_data_parallel(self, dp, bar):
+        """One data-parallel epoch: losses read and checked once, at its end."""
+        xp = self.model.backend.xp
+        good = _Snapshot(self)
+        losses, n = [], 0
+        for x, y, start, n_global in self._parts(self.train_dl):
+            losses.append(dp.step(x, y, start, n_global))
+            n += x.shape[0]
+            bar.update()
+        self._no_batches(losses)
+        per_batch = self.model.backend.to_numpy(xp.stack(losses)).tolist()
+        per_batch, n = dp.reduce_losses(per_batch, n)
+        bad = [i for i, v in enumerate(per_batch) if not math.isfinite(v)]
+        if bad:
+            good.restore()
+            raise NonFiniteLossError(self._nonfinite(per_batch[bad[0]], bad[0],
+                                                     "the start of the epoch"))
+        return per_batch, n
+
+    def _epoch_checked(self, step, bar):
+        """One epoch, the losses read every `check_every` steps; a non-finite one rolls
+        back to the last checked state and replays the steps since, one by one."""
+        per_batch, sizes = [], []
+        window, losses = [], []
+        good = _Snapshot(self)
+        count = 0
+        for x, y, _, _ in self._parts(self.train_dl):
+            losses.append(step(x, y))
+            window.append((x, y))
+            count += 1
+            bar.update()
+            if len(window) >= self.check_every:
+                step = self._check(window, losses, per_batch, sizes, good, step, count - len(window))
+                good = _Snapshot(self)
+                window, losses = [], []
+        if window:
+            self._check(window, losses, per_batch, sizes, good, step, count - len(window))
+        self._no_batches(range(count))
+        return per_batch, sum(sizes)
+
+    def _check(self, window, losses, per_batch, sizes, good, step, start: int):
+        """Read the window's losses; on a non-finite one, roll back to `good` and replay.
+        Returns the step function to go on with (uncaptured after a rollback)."""
+        backend, xp = self.model.backend, self.model.backend.xp
+        values = backend.to_numpy(xp.stack(losses)).tolist()
+        if all(math.isfinite(v) for v in values):
+            per_batch.extend(values)
+            sizes.extend(x.shape[0] for x, _ in window)
+            return step
+        good.restore()
+        self._captured = None  # its buffers may be stale after the restore
+        for k, (x, y) in enumerate(window):
+            before = _Snapshot(self) if self.on_nonfinite == "skip_batch" else good
+            value = float(backend.to_numpy(self._step(x, y)))
+            if math.isfinite(value):
+                per_batch.append(value)
+                sizes.append(x.shape[0])
+                good = None if self.on_nonfinite == "skip_batch" else _Snapshot(self)
+                continue
+            before.restore()
+            if self.on_nonfinite == "raise":
+                raise NonFiniteLossError(self._nonfinite(value, start + k,
+                                                         "just before that batch"))
+            self.skipped.append((self.epoch, start + k))
+        return self._step
+
+    def _nonfinite(self, value, batch: int, where: str) -> str:
+        return (f"training loss became {value} at epoch {self.epoch}, batch {batch}; the "
+                f"model and optimiser are as they were {where} (all finite): lower the "
+                "learning rate, scale the inputs and targets, clip the gradients "
+                "(max_grad_norm), or check the data for NaN; "
+                "Trainer(on_nonfinite='skip_batch') skips such batches")
+
+    def _no_batches(self, losses) -> None:
+        if not len(losses):
+            msg = (f"Trainer: the training loader yielded no batches at epoch {self.epoch} "
+                   "(empty dataset, drop_last with too few samples, or a generator "
+                   "already used up: pass a list or a DataLoader)")
+            raise ValueError(msg)
 
     def _step(self, x, y):
         """One training step, uncaptured; returns the batch's summed loss, 0-d."""
@@ -191,19 +323,30 @@ class Trainer:
         return loss
 
     def _labels_known(self, dl):
-        """A context in which the criterion takes the label range that `dl`'s Dataset
-        read on the host, instead of reading each batch's labels back (a device sync
-        per step); a no-op for other loaders and criteria."""
-        label_range = getattr(getattr(dl, "dataset", None), "label_range", None)
-        known = getattr(self.model.criterion, "labels_known", None)
-        if label_range is None or known is None:
-            return contextlib.nullcontext()
-        return known(*label_range)
+        """A context in which the criterion takes the target range that `dl`'s Dataset
+        read on the host, instead of reading each batch back (a device sync per
+        step): integer labels for CrossEntropy; targets in [0, 1] for
+        BinaryCrossEntropy (on probabilities, when the last layer is a Sigmoid). A
+        no-op for other loaders and criteria."""
+        dataset = getattr(dl, "dataset", None)
+        criterion = self.model.criterion
+        label_range = getattr(dataset, "label_range", None)
+        known = getattr(criterion, "labels_known", None)
+        if label_range is not None and known is not None:
+            return known(*label_range)
+        target_range = getattr(dataset, "target_range", None)
+        range_known = getattr(criterion, "range_known", None)
+        if target_range is not None and range_known is not None:
+            probabilities = getattr(criterion, "from_logits", True) or (
+                self.model.layers and type(self.model.layers[-1]).__name__ == "Sigmoid")
+            if probabilities and 0 <= target_range[0] and target_range[1] <= 1:
+                return range_known()
+        return contextlib.nullcontext()
 
     def train(self, n_epochs: int, log_level: int = 1) -> History:
         """Train for `n_epochs`, printing a summary every `log_level` epochs (0: silent).
 
-        Returns the History: one dict per epoch (epoch, loss, val_loss, val_metric).
+        Returns the History: one dict per epoch (epoch, loss, val_loss, val_<metric>).
         """
         if not isinstance(n_epochs, int) or n_epochs < 0:
             msg = f"Trainer.train: `n_epochs` must be a non-negative int, got {n_epochs!r}"
@@ -226,15 +369,26 @@ class Trainer:
             for _ in range(n_epochs):
                 for cb in self.callbacks:
                     cb.on_epoch_begin(self, self.epoch)
+                skipped = len(self.skipped)
                 loss = self.train_one_epoch()
-                row = {"epoch": self.epoch, "loss": loss}
+                row = _Row(epoch=self.epoch, loss=loss)
+                if self.on_nonfinite == "skip_batch":
+                    row["skipped"] = len(self.skipped) - skipped
+                    if row["skipped"]:
+                        warnings.warn(f"Trainer: skipped {row['skipped']} batches with a "
+                                      f"non-finite loss in epoch {self.epoch}",
+                                      RuntimeWarning, stacklevel=3)
                 if self.scheduler is not None:
                     row["lr"] = self.optimizer.param_groups[0]["lr"]
                     self.scheduler.step()
                 if self._dp is not None:
                     self._dp.sync_buffers()
+                if self.train_metric and self.metrics:
+                    scores = self.evaluate_metrics(self.train_dl)
+                    row.update((k, v) for k, v in scores.items() if k != "loss")
                 if self.val_dl is not None:
-                    row["val_loss"], row["val_metric"] = self.evaluate(self.val_dl)
+                    scores = self.evaluate_metrics(self.val_dl)
+                    row.update((f"val_{k}", v) for k, v in scores.items())
                 self.history.append(row)
                 if log_level and (self.epoch + 1) % log_level == 0 and self.is_main:
                     print(_format(row))
@@ -248,14 +402,22 @@ class Trainer:
                 cb.on_train_end(self)
 
     def evaluate(self, dl) -> tuple[float, float]:
-        """Mean per-sample loss and the sample-weighted metric over `dl`, as floats
-        (metric is NaN without a metric function). With `comm`, over every rank's
-        part of `dl`: the same numbers on every rank."""
+        """Mean per-sample loss and the (first) metric over `dl`, as floats (the
+        metric is NaN without one); `evaluate_metrics` gives every metric by name."""
+        scores = self.evaluate_metrics(dl)
+        first = next(iter(self.metrics), None)
+        return scores["loss"], (scores[first] if first is not None else math.nan)
+
+    def evaluate_metrics(self, dl) -> dict:
+        """{"loss": mean per-sample loss, name: value of each metric} over `dl`, as
+        floats, in eval mode (each layer's mode put back after). Each metric is
+        computed once on the concatenated outputs. With `comm`, over every rank's part
+        of `dl`: the same numbers on every rank."""
         model, xp = self.model, self.model.backend.xp
         modes = [layer.training for layer in model.layers]  # each restored, not all as one
         model.eval()
-        loss = metric = 0.0
-        n = 0
+        loss, n = 0.0, 0
+        outs, ys = [], []
         try:
             with self._labels_known(dl):
                 for x, y, _, _ in self._parts(dl):
@@ -263,19 +425,98 @@ class Trainer:
                         continue
                     y_hat = model(x)
                     loss = loss + xp.sum(model.criterion(y_hat, y))
-                    if self.metric is not None:
-                        metric = metric + x.shape[0] * self.metric(y_hat, y)
+                    if self.metrics:
+                        outs.append(y_hat)
+                        ys.append(y)
                     n += x.shape[0]
         finally:
             for layer, mode in zip(model.layers, modes):
                 layer.train(mode)
-        loss, metric = float(loss), float(metric)
+        values = [loss]
+        if outs:
+            y_hat = outs[0] if len(outs) == 1 else xp.concat(outs, axis=0)
+            y = ys[0] if len(ys) == 1 else xp.concat(ys, axis=0)
+            values += [xp.astype(xp.asarray(fn(y_hat, y)), y_hat.dtype)
+                       for fn in self.metrics.values()]
+        host = model.backend.to_numpy(xp.stack([xp.asarray(v) for v in values])) \
+            if outs else [float(loss)]
+        values = [float(v) for v in (host.tolist() if hasattr(host, "tolist") else host)]
         if self._dp is not None:
-            loss, metric, n = self._dp.reduce_sums([loss, metric, n])
+            values = self._dp.reduce_sums([values[0]] + [v * n for v in values[1:]] + [n])
+            n = int(round(values.pop()))
+            values = [values[0]] + [v / n if n else math.nan for v in values[1:]]
         if n == 0:
             msg = "Trainer.evaluate: the loader yielded no batches"
             raise ValueError(msg)
-        return loss / n, (metric / n if self.metric is not None else math.nan)
+        out = {"loss": values[0] / n}
+        out.update(zip(self.metrics, values[1:]))
+        return out
+
+
+class _Snapshot:
+    """A device copy of the model's and optimiser's state, to roll back to."""
+
+    def __init__(self, trainer):
+        model = trainer.model
+        xp = model.backend.xp
+        self.trainer = trainer
+        self.model = {k: xp.asarray(v, copy=True) for k, v in model.state_dict().items()}
+        optimizer = trainer.optimizer
+        self.optimizer = optimizer.state_dict() if hasattr(optimizer, "state_dict") else None
+
+    def restore(self) -> None:
+        self.trainer.model.load_state_dict(self.model)
+        if self.optimizer is not None:
+            self.trainer.optimizer.load_state_dict(self.optimizer)
+
+
+def _check_model(model, optimizer) -> None:
+    """TypeError / ValueError for a model without criterion or a foreign optimiser."""
+    if not hasattr(model, "criterion") or not hasattr(model, "parameters"):
+        msg = f"Trainer: `model` must be a backendnn Sequential, got {type(model).__name__}"
+        raise TypeError(msg)
+    if model.criterion is None:
+        msg = ("Trainer: the model has no criterion (loss) to train with: build it as "
+               "Sequential(layers, criterion), e.g. Sequential(layers, CrossEntropy()), "
+               "or set model.criterion")
+        raise ValueError(msg)
+    params = getattr(optimizer, "params", None)
+    if params is None or not hasattr(optimizer, "step"):
+        msg = f"Trainer: `optimizer` must be a backendnn Optimizer, got {type(optimizer).__name__}"
+        raise TypeError(msg)
+    mine = {(id(p.layer), p.name) for p in model.parameters()}
+    foreign = [p for p in params if (id(p.layer), p.name) not in mine]
+    if foreign:
+        msg = (f"Trainer: the optimizer updates {len(foreign)} of its {len(params)} parameters "
+               f"outside this model (first: {foreign[0]!r}): it was built for another model; "
+               "build it over this one, e.g. SGD(model, lr=0.1)")
+        raise ValueError(msg)
+
+
+def _metrics(metric) -> dict:
+    """{name: function} from None, a function, a list of them or a dict."""
+    if metric is None:
+        return {}
+    if isinstance(metric, dict):
+        items = list(metric.items())
+    elif callable(metric):
+        items = [(metric_name(metric), metric)]
+    elif isinstance(metric, (list, tuple)):
+        items = [(metric_name(m), m) for m in metric]
+    else:
+        msg = f"Trainer: `metric` must be a function, a list or a dict of them, got {metric!r}"
+        raise TypeError(msg)
+    out = {}
+    for name, fn in items:
+        if not callable(fn) or not isinstance(name, str):
+            msg = f"Trainer: metric {name!r} must be a function f(y_hat, y), got {fn!r}"
+            raise TypeError(msg)
+        if name in out or name in ("loss", "epoch", "lr", "skipped"):
+            msg = (f"Trainer: two metrics (or a metric and a history column) are named "
+                   f"{name!r}; pass a dict {{name: function}} to name them")
+            raise ValueError(msg)
+        out[name] = fn
+    return out
 
 
 def _scheduler(scheduler):
@@ -296,8 +537,10 @@ def _len(dl):
 
 
 def _format(row: dict) -> str:
-    parts = [f"epoch={row['epoch']:3d}", f"loss={row['loss']:.4f}"]
-    for key in ("val_loss", "val_metric"):
-        if key in row:
-            parts.append(f"{key}={row[key]:.4f}")
+    parts = [f"epoch={row['epoch']:3d}"]
+    for key, value in row.items():
+        if key == "epoch":
+            continue
+        parts.append(f"{key}={value}" if isinstance(value, int) else f"{key}={value:.4g}"
+                     if key == "lr" else f"{key}={value:.4f}")
     return " | ".join(parts)

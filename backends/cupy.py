@@ -64,10 +64,10 @@ class CupyBackend(Backend):
         return isinstance(x, self._cupy.ndarray) and x.device.id == self.device.id
 
     def asarray(self, obj, dtype=None):
-        """CuPy arrays of this device as they are; torch CUDA tensors through DLPack
-        (detached first: DLPack refuses a tensor that requires grad; a refusal, or
-        another device, falls back to a copy through the host); anything else
-        through the host."""
+        """CuPy arrays of this device as they are; another library's arrays through
+        DLPack where they live on this GPU (no copy); anything else, or a DLPack
+        refusal (a torch tensor that requires grad), through the host (`to_host`,
+        which asks the owning backend)."""
         cupy = self._cupy
         dt = self.dtype(dtype)
         if isinstance(obj, cupy.ndarray):
@@ -75,11 +75,10 @@ class CupyBackend(Backend):
                 with self.device:
                     obj = cupy.array(obj, copy=True)
             return obj if dt is None else obj.astype(dt, copy=False)
-        if type(obj).__module__.startswith("torch") and getattr(obj, "is_cuda", False):
-            obj = obj.detach()
+        if hasattr(obj, "__dlpack__") and not hasattr(obj, "__array_interface__"):
             try:
                 out = cupy.from_dlpack(obj)
-            except (BufferError, RuntimeError, TypeError, ValueError):
+            except (BufferError, RuntimeError, TypeError, ValueError, AttributeError):
                 out = None
             if out is not None and out.device.id == self.device.id:
                 return out if dt is None else out.astype(dt, copy=False)

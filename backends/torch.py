@@ -36,13 +36,11 @@ class TorchBackend(Backend):
         dt = self.dtype(dtype)
         if isinstance(obj, torch.Tensor):
             return obj.to(device=self.device, dtype=dt if dt is not None else obj.dtype)
-        if hasattr(obj, "__dlpack__") and type(obj).__module__.startswith("cupy"):
-            try:
-                return torch.from_dlpack(obj).to(device=self.device, dtype=dt)
-            except (BufferError, RuntimeError, TypeError):
-                pass
         if hasattr(obj, "__dlpack__") and not hasattr(obj, "__array_interface__"):
-            obj = to_host(obj)
+            try:  # another library's array: DLPack, no copy where the devices allow
+                return torch.from_dlpack(obj).to(device=self.device, dtype=dt)
+            except (BufferError, RuntimeError, TypeError, ValueError):
+                obj = to_host(obj)
         return torch.asarray(obj, dtype=dt, device=self.device)
 
     def converts(self, x) -> bool:
@@ -74,6 +72,8 @@ class TorchBackend(Backend):
         torch = self._torch
         if logits.ndim != 2 or not logits.is_floating_point() or labels.ndim != 1:
             return super().softmax_cross_entropy(logits, labels)
+        if labels.dtype != torch.int64:  # nll_loss and scatter_add_ index with int64
+            labels = labels.long()
         log_p = torch.log_softmax(logits, 1)
         loss = torch.nn.functional.nll_loss(log_p, labels, reduction="none")
         grad = log_p.exp_()

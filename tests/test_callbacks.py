@@ -248,7 +248,7 @@ def test_csv_logger_writes_the_history(backend, tmp_path):
     trainer = make_trainer(backend, [CSVLogger(path)])
     history = trainer.train(3, log_level=0)
     rows = read_csv(path)
-    assert list(rows[0]) == ["epoch", "loss", "val_loss", "val_metric"]
+    assert list(rows[0]) == ["epoch", "loss", "val_loss", "val_accuracy"]
     assert [{k: float(v) for k, v in row.items()} for row in rows] == history
 
 
@@ -353,7 +353,7 @@ def test_history_plot_writes_a_png(tmp_path):
     history = trainer.train(3, log_level=0)
     fig = history.plot(tmp_path / "history.png")
     assert (tmp_path / "history.png").read_bytes()[:8] == PNG
-    assert [ax.get_ylabel() for ax in fig.axes] == ["loss", "val_metric"]
+    assert [ax.get_ylabel() for ax in fig.axes] == ["loss", "val_accuracy"]
     lines = {line.get_label(): line.get_ydata() for line in fig.axes[0].get_lines()}
     np.testing.assert_array_equal(lines["val_loss"], history.val_loss)
 

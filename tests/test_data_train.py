@@ -201,7 +201,7 @@ def test_log_level_printing(backend, rng, capsys, epochs, log_level, lines):
     for line, row in zip(out, history[log_level - 1::log_level] if log_level else []):
         numbers = [float(s) for s in re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", line)]
         assert row["epoch"] in numbers
-        for key in ("loss", "val_loss", "val_metric"):
+        for key in ("loss", "val_loss", "val_accuracy"):
             assert key in line
             assert any(abs(v - row[key]) <= 1e-3 for v in numbers)
 

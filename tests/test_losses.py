@@ -161,3 +161,133 @@ def test_criterion_follows_model_dtype(backend, rng, make):
         loss = loss_fn(backend.asarray(z_np, dtype=dtype), backend.asarray(y_np))
         assert loss.dtype == backend.dtype(dtype)
         assert loss_fn.backward().dtype == backend.dtype(dtype)
+
+
+# --- new in issue 15: BCE on logits, CE weight / smoothing / soft targets, L1, Huber ----
+
+from backendnn import HuberLoss, L1Loss  # noqa: E402
+
+F64 = {"rtol": 1e-9, "atol": 1e-12}
+
+
+def torch_ref(torch, fn, y_hat, y, **kw):
+    """(loss, grad) of a torch.nn.functional loss with reduction="mean", in float64."""
+    t = torch.tensor(y_hat, requires_grad=True)
+    loss = fn(t, torch.tensor(y), **kw)
+    loss.backward()
+    return loss.item(), t.grad.numpy()
+
+
+def run_loss(backend, loss, y_hat, y, y_dtype="float64"):
+    per_sample = loss(backend.asarray(y_hat, dtype="float64"), backend.asarray(y, dtype=y_dtype))
+    return host(backend, per_sample), host(backend, loss.backward())
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_bce_from_logits_equals_torch(backend, torch, rng, k):
+    z = rng.normal(0, 4, (9, k))
+    y = rng.uniform(0, 1, (9, k))
+    per, grad = run_loss(backend, BinaryCrossEntropy(from_logits=True, backend=backend), z, y)
+    ref, ref_grad = torch_ref(torch, torch.nn.functional.binary_cross_entropy_with_logits, z, y)
+    assert per.shape == (9,)
+    np.testing.assert_allclose(per.mean(), ref, **F64)
+    np.testing.assert_allclose(grad, ref_grad, **F64)
+
+
+def test_bce_from_logits_is_finite_far_out(backend, torch):
+    z = np.array([[200.0], [-200.0], [200.0], [-200.0]], dtype=np.float32)
+    y = np.array([[1.0], [0.0], [0.0], [1.0]], dtype=np.float32)
+    bce = BinaryCrossEntropy(from_logits=True, backend=backend)
+    per = host(backend, bce(backend.asarray(z), backend.asarray(y)))
+    grad = host(backend, bce.backward())
+    assert np.all(np.isfinite(per)) and np.all(np.isfinite(grad))
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.tensor(z), torch.tensor(y), reduction="none").numpy()[:, 0]
+    np.testing.assert_allclose(per, ref, rtol=1e-6)
+    np.testing.assert_allclose(grad[:, 0], np.array([0, 0, 1, -1]) / 4, atol=1e-7)
+
+
+@pytest.mark.parametrize("p, y, match", [
+    ([[1.5], [0.5]], [[1.0], [0.0]], "predictions must be probabilities"),
+    ([[-0.1], [0.5]], [[1.0], [0.0]], "predictions must be probabilities"),
+    ([[0.5], [0.5]], [[2.0], [0.0]], "targets must lie in"),
+])
+def test_bce_refuses_values_outside_0_1(backend, p, y, match):
+    with pytest.raises(ValueError, match=match):
+        BinaryCrossEntropy(backend=backend)(backend.asarray(p), backend.asarray(y))
+
+
+def test_bce_from_logits_refuses_targets_outside_0_1(backend):
+    with pytest.raises(ValueError, match="targets must lie in"):
+        BinaryCrossEntropy(from_logits=True, backend=backend)(
+            backend.asarray([[3.0]]), backend.asarray([[-1.0]]))
+
+
+@pytest.mark.parametrize("weight", [None, [0.2, 1.0, 3.0, 0.5]])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("target", ["labels", "one_hot", "soft"])
+def test_cross_entropy_options_equal_torch(backend, torch, rng, weight, smoothing, target):
+    logits = rng.normal(0, 2, (10, 4))
+    labels = rng.integers(0, 4, 10)
+    if target == "labels":
+        y, y_dtype, y_t = labels, "int64", labels
+    elif target == "one_hot":  # integer one-hot: torch wants float probabilities
+        y, y_dtype = np.eye(4, dtype=np.int64)[labels], "int64"
+        y_t = y.astype(np.float64)
+    else:
+        y = rng.dirichlet(np.ones(4), 10)
+        y_dtype, y_t = "float64", y
+    ce = CrossEntropy(weight=weight, label_smoothing=smoothing, backend=backend)
+    per, grad = run_loss(backend, ce, logits, y, y_dtype)
+    kw = {"label_smoothing": smoothing}
+    if weight is not None:
+        kw["weight"] = torch.tensor(weight, dtype=torch.float64)
+    ref, ref_grad = torch_ref(torch, torch.nn.functional.cross_entropy, logits, y_t, **kw)
+    none = torch.nn.functional.cross_entropy(torch.tensor(logits), torch.tensor(y_t),
+                                             reduction="none", **kw).numpy()
+    np.testing.assert_allclose(per, none, **F64)          # per sample: reduction="none"
+    np.testing.assert_allclose(grad, ref_grad, **F64)     # gradient: reduction="mean"
+    if weight is None:
+        np.testing.assert_allclose(per.mean(), ref, **F64)
+
+
+def test_cross_entropy_options_are_checked_and_saved(backend):
+    with pytest.raises(ValueError, match="label_smoothing"):
+        CrossEntropy(label_smoothing=1.0)
+    with pytest.raises(ValueError, match="weight"):
+        CrossEntropy(weight=[1.0, -1.0])
+    with pytest.raises(TypeError, match="weight"):
+        CrossEntropy(weight="balanced")
+    ce = CrossEntropy(weight=np.array([1.0, 2.0]), label_smoothing=np.float32(0.25),
+                      backend=backend)
+    assert ce.config() == {"weight": [1.0, 2.0], "label_smoothing": 0.25, "check_labels": True}
+    with pytest.raises(ValueError, match="2 entries but the logits have 3"):
+        ce(backend.asarray(np.zeros((2, 3), np.float32)), backend.asarray(np.array([0, 1])))
+
+
+@pytest.mark.parametrize("shape", [(8,), (8, 1), (8, 3)])
+def test_l1_equals_torch(backend, torch, rng, shape):
+    y_hat, y = rng.normal(size=shape), rng.normal(size=shape)
+    y_hat[0] = y[0]  # the gradient is 0 where they are equal, as torch's
+    per, grad = run_loss(backend, L1Loss(backend=backend), y_hat, y)
+    ref, ref_grad = torch_ref(torch, torch.nn.functional.l1_loss, y_hat, y)
+    np.testing.assert_allclose(per.mean(), ref, **F64)
+    np.testing.assert_allclose(grad, ref_grad, **F64)
+
+
+@pytest.mark.parametrize("delta", [1.0, 0.3])
+@pytest.mark.parametrize("shape", [(8,), (8, 3)])
+def test_huber_equals_torch(backend, torch, rng, delta, shape):
+    y_hat, y = rng.normal(0, 2, size=shape), rng.normal(size=shape)
+    per, grad = run_loss(backend, HuberLoss(delta, backend=backend), y_hat, y)
+    ref, ref_grad = torch_ref(torch, torch.nn.functional.huber_loss, y_hat, y, delta=delta)
+    np.testing.assert_allclose(per.mean(), ref, **F64)
+    np.testing.assert_allclose(grad, ref_grad, **F64)
+
+
+def test_huber_delta_checked():
+    with pytest.raises(ValueError, match="delta"):
+        HuberLoss(0.0)
+    with pytest.raises(TypeError, match="delta"):
+        HuberLoss("1")
+    assert HuberLoss(np.float64(2.0)).config() == {"delta": 2.0}
