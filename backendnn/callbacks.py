@@ -16,6 +16,7 @@ import csv
 import math
 import os
 
+from ._table import render
 from .data import Dataset
 from .layers import ReLU
 
@@ -377,9 +378,7 @@ class LayerStats(Callback):
         table = [["layer", *cols]] + [
             [f"{r['layer']} {r['kind']}", *(f"{r[c]:.3g}" if c in r else "-" for c in cols)]
             for r in rows]
-        widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
-        lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in table]
-        return f"epoch {epoch}\n" + "\n".join(lines)
+        return f"epoch {epoch}\n" + render(table)
 
     def plot(self, path=None):
         """Plot the recorded stats per layer over epochs; see `plotting.plot_layer_stats`."""

@@ -9,6 +9,7 @@ import traceback
 import warnings
 
 from . import backends
+from ._table import render
 
 
 class UsageError(ValueError):
@@ -29,9 +30,7 @@ def _backends_table(args) -> int:
             rows.append((name, "-", "-", f"unavailable: {e}"))
         except Exception as e:  # a broken plugin must not hide the others
             rows.append((name, "-", "-", f"failed to load: {type(e).__name__}: {e}"))
-    widths = [max(len(r[c]) for r in rows) for c in range(3)]
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
+    print(render(rows))
     return 0
 
 

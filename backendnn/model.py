@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 
+from ._table import render
 from .backends import get_backend, to_host
 from .data import check_training_dtype
 from .layers import Layer, LeakyReLU, Linear, ReLU, ShapeError, Sigmoid, Softmax, Tanh
@@ -260,13 +261,9 @@ class Sequential:
             params = layer.parameters()
             shapes = ", ".join(f"{p.name}{p.shape}" for p in params) or "-"
             rows.append((str(i), repr(layer), shapes, f"{sum(p.size for p in params):,}"))
-        widths = [max(len(r[c]) for r in rows) for c in range(4)]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-        lines.append(
-            f"total: {self.n_params():,} parameters ({self.dtype}) on {self.backend.name}; "
-            f"criterion: {self.criterion!r}"
-        )
-        return "\n".join(lines)
+        total = (f"total: {self.n_params():,} parameters ({self.dtype}) on {self.backend.name}; "
+                 f"criterion: {self.criterion!r}")
+        return render(rows) + "\n" + total
 
     def __repr__(self):
         inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
