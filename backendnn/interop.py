@@ -177,7 +177,7 @@ def from_torch(module, criterion=None, *, backend=None, dtype: str | None = None
 
 
 def _torch():
-    return get_backend("torch")._module()
+    return get_backend("torch").module
 
 
 def _to_module(nn, layer):

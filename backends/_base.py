@@ -367,6 +367,12 @@ class Backend:
     def version(self) -> str:
         return getattr(self._module(), "__version__", "?")
 
+    @property
+    def module(self):
+        """The array library itself (numpy, torch, cupy), for what the Array API
+        namespace lacks: torch interop, NCCL through CuPy."""
+        return self._module()
+
     def _module(self):
         return self.xp
 

@@ -296,7 +296,7 @@ class NCCLEngine:
     """
 
     def __init__(self, comm: MPICommunicator):
-        cupy = backends.get("cupy")._module()  # the backend owns the import
+        cupy = backends.get("cupy").module  # the backend owns the import
         nccl = cupy.cuda.nccl  # AttributeError/ImportError where CuPy lacks NCCL
         if not getattr(nccl, "available", True):
             msg = "CuPy was built without NCCL"
@@ -380,7 +380,7 @@ def select_cuda_device(local_rank: int) -> None:
         backend = backends.get("cupy")
     except backends.BackendError:
         return
-    cupy = backend._module()
+    cupy = backend.module
     device = cupy.cuda.Device(local_rank % cupy.cuda.runtime.getDeviceCount())
     device.use()
     backend.device = device
