@@ -440,20 +440,25 @@ def _check_shapes(path, i: int, layer, shapes, stored: dict) -> None:
     """Refuse a layer whose configuration claims other tensors than the file holds."""
     if shapes is None:
         return  # a layer that cannot tell: its arrays are checked after it is built
-    where, kind = os.fspath(path), type(layer).__name__
     for name, shape in shapes.items():
-        key = f"layers.{i}.{name}"
-        if key not in stored:
-            msg = f"{where} lacks the tensor {key!r} ({kind}.{name}, shape {tuple(shape)})"
-            raise CheckpointError(msg)
-        got, dt = stored[key]
-        if got != tuple(shape):
-            msg = (f"{where}: tensor {key!r} has shape {got}, but layer {i} ({kind}) as "
-                   f"described expects {name} of shape {tuple(shape)}")
-            raise CheckpointError(msg)
-        if dt not in _FLOAT_DTYPES:
-            msg = f"{where}: tensor {key!r} has dtype {dt}, not a floating dtype"
-            raise CheckpointError(msg)
+        _check_tensor(path, stored, i, layer, name, shape, " as described")
+
+
+def _check_tensor(path, stored: dict, i: int, layer, name: str, shape, how: str = "") -> None:
+    """Refuse a stored tensor `layers.<i>.<name>` that is missing, of another shape
+    than `shape`, or not of a floating dtype (read from the header: no data is read)."""
+    where, kind, key, shape = os.fspath(path), type(layer).__name__, f"layers.{i}.{name}", tuple(shape)
+    if key not in stored:
+        msg = f"{where} lacks the tensor {key!r} ({kind}.{name}, shape {shape})"
+        raise CheckpointError(msg)
+    got, dt = stored[key]
+    if got != shape:
+        msg = (f"{where}: tensor {key!r} has shape {got}, but layer {i} ({kind}){how} "
+               f"expects {name} of shape {shape}")
+        raise CheckpointError(msg)
+    if dt not in _FLOAT_DTYPES:
+        msg = f"{where}: tensor {key!r} has dtype {dt}, not a floating dtype"
+        raise CheckpointError(msg)
 
 
 def _guarded(path, entry: dict, fn):
@@ -514,18 +519,7 @@ def _load_weights(path, f, model, spec) -> None:
     mine = model.state_dict()
     for key, current in mine.items():
         i, name = key.split(".", 2)[1:]
-        kind = type(layers[int(i)]).__name__
-        if key not in stored:
-            msg = f"{where} lacks the tensor {key!r} ({kind}.{name}, shape {tuple(current.shape)})"
-            raise CheckpointError(msg)
-        got, dt = stored[key]
-        if got != tuple(current.shape):
-            msg = (f"{where}: tensor {key!r} has shape {got}, but layer {i} ({kind}) "
-                   f"expects {name} of shape {tuple(current.shape)}")
-            raise CheckpointError(msg)
-        if dt not in _FLOAT_DTYPES:
-            msg = f"{where}: tensor {key!r} has dtype {dt}, not a floating dtype"
-            raise CheckpointError(msg)
+        _check_tensor(path, stored, int(i), layers[int(i)], name, current.shape)
     extra = sorted(k for k in stored if k.startswith("layers.") and k not in mine)
     if extra:
         msg = f"{where} holds tensors the model has no place for: {extra}"
