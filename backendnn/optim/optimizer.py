@@ -108,20 +108,49 @@ class Optimizer:
         i = 0
         for group in self.param_groups:
             for param in group["params"]:
-                grad = param.grad
-                if grad is None:
-                    msg = (
-                        f"{type(self).__name__}.step(): {param!r} has no gradient; "
-                        "call model.backward() after the loss and before step()"
-                    )
-                    raise RuntimeError(msg)
-                layer = param.layer
-                state = self.state[i]
-                if state and self._where[i] != (layer.backend, layer.dtype):
-                    self._move_state(i, layer.backend, layer.dtype)
-                self._where[i] = (layer.backend, layer.dtype)
-                param.value = self._update(param.value, grad, state, group, layer.backend)
+                self._apply(i, param, group)
                 i += 1
+
+    def _apply(self, i: int, param, group: dict) -> None:
+        """Update parameter `i` (`param`, of `group`) from its gradient."""
+        grad = param.grad
+        if grad is None:
+            msg = (
+                f"{type(self).__name__}.step(): {param!r} has no gradient; "
+                "call model.backward() after the loss and before step()"
+            )
+            raise RuntimeError(msg)
+        layer = param.layer
+        state = self.state[i]
+        if state and self._where[i] != (layer.backend, layer.dtype):
+            self._move_state(i, layer.backend, layer.dtype)
+        self._where[i] = (layer.backend, layer.dtype)
+        param.value = self._update(param.value, grad, state, group, layer.backend)
+
+    # --- the step inside backward (Sequential.backward(optimizer=...)) --------------
+    # The same updates as step(), each made as soon as its layer's backward has left the
+    # gradients (still in cache); so nothing may read or change gradients in between.
+    def _begin_step(self) -> None:
+        self.step_count += 1
+        index = {}
+        i = 0
+        for group in self.param_groups:
+            for param in group["params"]:
+                index.setdefault(id(param.layer), []).append((i, param, group))
+                i += 1
+        self._pending = index
+
+    def _step_layer(self, layer) -> None:
+        """Update `layer`'s parameters (those this optimiser holds) now."""
+        for i, param, group in self._pending.pop(id(layer), ()):
+            self._apply(i, param, group)
+
+    def _end_step(self) -> None:
+        """Update the parameters of layers the backward pass did not reach."""
+        pending, self._pending = self._pending, {}
+        for entries in pending.values():
+            for i, param, group in entries:
+                self._apply(i, param, group)
 
     def _update(self, p, g, state: dict, group: dict, backend):
         raise NotImplementedError

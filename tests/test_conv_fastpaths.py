@@ -1,0 +1,83 @@
+"""NumPy's convolution and pooling fast paths (the stride-1 grid convolution, the
+2x2 pairwise max pool) against the portable `Backend` kernels they override."""
+import numpy as np
+import pytest
+
+from backendnn.backends import Backend, get
+
+# (N, C, H, W), (O, kh, kw), padding (top, bottom, left, right), dilation
+GRID_CASES = {
+    "same3": ((3, 4, 7, 6), (5, 3, 3), (1, 1, 1, 1), (1, 1)),
+    "valid": ((2, 2, 6, 5), (3, 3, 2), (0, 0, 0, 0), (1, 1)),
+    "asymmetric": ((2, 3, 5, 8), (2, 3, 3), (0, 2, 1, 0), (1, 1)),
+    "dilated": ((2, 2, 9, 7), (3, 3, 3), (2, 1, 1, 2), (2, 1)),
+    "kernel1": ((4, 3, 4, 3), (5, 1, 1), (0, 0, 0, 0), (1, 1)),
+    "batch1": ((1, 1, 3, 3), (2, 3, 3), (1, 1, 1, 1), (1, 1)),
+}
+TOL = {"float32": dict(rtol=1e-5, atol=1e-5), "float64": dict(rtol=1e-12, atol=1e-12)}
+
+
+def _portable_conv(x, w, b, padding, dilation, g):
+    be = get("numpy")
+    y, saved = Backend.conv2d(be, x, w, b, (1, 1), padding, dilation, 1)
+    return y, Backend.backprop_conv2d(be, g, saved, True)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", list(GRID_CASES))
+def test_grid_conv_equals_portable(rng, case, dtype, monkeypatch):
+    from backendnn.backends import numpy as npb
+
+    (n, c, h, w), (o, kh, kw), padding, dilation = GRID_CASES[case]
+    be = get("numpy")
+    assert npb.grid_fits((n, c, h, w), (o, c, kh, kw), (1, 1), padding, dilation, 1)
+    monkeypatch.setattr(npb, "_GRID_COLS", 64)  # one image per chunk: the chunk loop runs
+    x = rng.normal(size=(n, c, h, w)).astype(dtype)
+    wt = rng.normal(size=(o, c, kh, kw)).astype(dtype)
+    b = rng.normal(size=(o,)).astype(dtype)
+    y_ref, _ = Backend.conv2d(be, x, wt, b, (1, 1), padding, dilation, 1)
+    g = rng.normal(size=y_ref.shape).astype(dtype)
+    y_ref, (gx_ref, gw_ref, gb_ref) = _portable_conv(x, wt, b, padding, dilation, g)
+    workspace = {}
+    for _ in range(2):  # twice: the kept buffers' borders stay zero
+        y, saved = be.conv2d(x, wt, b, (1, 1), padding, dilation, 1, workspace)
+        assert isinstance(saved, npb._GridSaved)
+        gx, gw, gb = be.backprop_conv2d(g, saved, True)
+        for got, want in ((y, y_ref), (gx, gx_ref), (gw, gw_ref), (gb, gb_ref)):
+            assert got.dtype == np.dtype(dtype) and got.shape == want.shape
+            np.testing.assert_allclose(got, want, **TOL[dtype])
+    y, saved = be.conv2d(x, wt, None, (1, 1), padding, dilation, 1, workspace)
+    gx, gw2, gb2 = be.backprop_conv2d(g, saved, False)
+    assert gx is None and gb2 is None
+    np.testing.assert_allclose(gw2, gw_ref, **TOL[dtype])
+
+
+def test_grid_conv_is_not_used_where_it_does_not_fit():
+    from backendnn.backends import numpy as npb
+
+    assert not npb.grid_fits((1, 2, 5, 5), (2, 2, 3, 3), (2, 1), (1, 1, 1, 1), (1, 1), 1)
+    assert not npb.grid_fits((1, 2, 5, 5), (2, 1, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2)
+    assert not npb.grid_fits((1, 2, 5, 5), (2, 2, 3, 3), (1, 1), (3, 3, 0, 0), (1, 1), 1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(2, 3, 6, 8), (1, 2, 5, 7), (3, 1, 2, 2)])
+@pytest.mark.parametrize("layout", ["NCHW", "CNHW"])
+def test_pairwise_max_pool_equals_portable(rng, dtype, shape, layout):
+    be = get("numpy")
+    n, c, h, w = shape
+    # few distinct values (ReLU zeros among them): many ties, the first winner must be
+    # taken as torch takes it
+    data = rng.integers(-1, 2, size=(c, n, h, w)).clip(0).astype(dtype)
+    x = data.transpose(1, 0, 2, 3) if layout == "CNHW" else np.ascontiguousarray(
+        data.transpose(1, 0, 2, 3))
+    g = rng.normal(size=(n, c, h // 2, w // 2)).astype(dtype)
+    y, saved = be.max_pool2d(x, (2, 2), (2, 2), (0, 0, 0, 0))
+    assert saved[0] == "pairs"
+    y_ref, saved_ref = Backend.max_pool2d(be, x, (2, 2), (2, 2), (0, 0, 0, 0))
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(saved[1], saved_ref[0])
+    gx = be.backprop_max_pool2d(g, saved)
+    gx_ref = Backend.backprop_max_pool2d(be, g, saved_ref)
+    assert gx.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(gx, gx_ref)

@@ -1,0 +1,78 @@
+"""`Sequential.backward(optimizer=opt)`: the step made inside backward gives the same
+parameters and optimiser state as `backward()` then `opt.step()`, on every backend."""
+import numpy as np
+import pytest
+from conftest import host
+
+import backendnn as bn
+
+OPTIMIZERS = {
+    "sgd": lambda m: bn.SGD(m, lr=0.1),
+    "sgd_momentum_wd": lambda m: bn.SGD(m, lr=0.05, momentum=0.9, weight_decay=1e-3,
+                                        nesterov=True),
+    "adam": lambda m: bn.Adam(m, lr=1e-2),
+    "rmsprop_groups": lambda m: bn.RMSprop(
+        [{"params": m.layers[0]}, {"params": [p for l in m.layers[1:] for p in l.parameters()], "lr": 1e-3}], lr=1e-2,
+        momentum=0.5),
+}
+
+
+def _model(backend, conv):
+    if conv:
+        layers = [bn.Conv2d(2, 3, 3, padding=1, backend=backend), bn.ReLU(backend=backend),
+                  bn.MaxPool2d(2, backend=backend), bn.Flatten(backend=backend),
+                  bn.Linear(3 * 2 * 2, 4, backend=backend)]
+    else:
+        layers = [bn.Linear(6, 8, backend=backend), bn.ReLU(backend=backend),
+                  bn.Linear(8, 8, backend=backend), bn.ReLU(backend=backend),
+                  bn.Linear(8, 4, backend=backend)]
+    return bn.Sequential(layers, bn.CrossEntropy(backend=backend))
+
+
+def _run(backend, conv, make_opt, fused, steps=3):
+    bn.seed(5)
+    model = _model(backend, conv)
+    opt = make_opt(model)
+    rng = np.random.default_rng(0)
+    shape = (5, 2, 4, 4) if conv else (5, 6)
+    for _ in range(steps):
+        x = backend.asarray(rng.normal(size=shape).astype(np.float32))
+        y = backend.asarray(rng.integers(0, 4, 5))
+        model.criterion(model(x), y)
+        if fused:
+            model.backward(optimizer=opt)
+        else:
+            model.backward()
+            opt.step()
+    state = [{k: (v if isinstance(v, int) else host(backend, v)) for k, v in s.items()}
+             for s in opt.state]
+    return [host(backend, p.value) for p in model.parameters()], state, opt.step_count
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_step_in_backward_equals_two_passes(backend, name, conv):
+    params, state, count = _run(backend, conv, OPTIMIZERS[name], fused=True)
+    params2, state2, count2 = _run(backend, conv, OPTIMIZERS[name], fused=False)
+    assert count == count2 == 3
+    for a, b in zip(params, params2):
+        np.testing.assert_array_equal(a, b)
+    for s, s2 in zip(state, state2):
+        assert s.keys() == s2.keys()
+        for k in s:
+            np.testing.assert_array_equal(s[k], s2[k])
+
+
+def test_parameters_outside_the_model_are_still_updated():
+    bn.seed(1)
+    model = _model("numpy", False)
+    other = bn.Linear(3, 2, backend="numpy")
+    opt = bn.SGD(model.parameters() + other.parameters(), lr=0.1)
+    other.grad_w = np.ones((3, 2), np.float32)
+    other.grad_b = np.ones(2, np.float32)
+    before = other.weights.copy()
+    x = np.zeros((2, 6), np.float32)
+    model.criterion(model(x), np.array([0, 1]))
+    model.backward(optimizer=opt)
+    np.testing.assert_allclose(other.weights, before - 0.1)
+    assert opt._pending == {}
