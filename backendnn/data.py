@@ -350,7 +350,8 @@ def _parse(path, header, width, features, col):
             return X, y
         except (ValueError, TypeError, pd.errors.ParserError):
             return None, None
-    kw = {"delimiter": ",", "skiprows": 1 if header else 0, "comments": None, "ndmin": 2}
+    kw = {"delimiter": ",", "skiprows": 1 if header else 0, "comments": None, "ndmin": 2,
+          "quotechar": "\""}
     try:
         data = host.loadtxt(path, dtype="float64", **kw)
         if data.shape[1] != width:
