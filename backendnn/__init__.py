@@ -74,7 +74,7 @@ from .callbacks import (  # noqa: E402
 )
 from .checkpoint import CheckpointError, load, restore, save  # noqa: E402
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "backends",

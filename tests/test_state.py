@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 import backendnn
 from backendnn.layers import ShapeError
+from backendnn.layers.base import _WARNED
 from backendnn import (
     SGD,
     BatchNorm1d,
@@ -149,3 +150,62 @@ def test_per_sample_losses_do_not_depend_on_the_batch(n, seed):
         grads.append(model.layers[0].grad_w.copy())
     np.testing.assert_allclose(together, alone, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(grad, np.mean(grads, axis=0), rtol=1e-10, atol=1e-12)
+
+
+# --- layers written for the old gradient convention ---------------------------------------
+
+class _Gain:
+    """y = x * gain, gain (n,); subclasses differ only in how they reduce grad_gain."""
+
+    param_names = ("gain",)
+    grad_names = ("grad_gain",)
+
+    def __init__(self, n, **kw):
+        super().__init__(**kw)
+        self.gain = self.backend.asarray(np.linspace(0.5, 1.5, n), dtype=self.dtype)
+        self.grad_gain = None
+
+    def forward(self, x):
+        self.x = x
+        return x * self.gain
+
+    def _clear(self):
+        self.x = None
+
+
+class OldGain(_Gain, backendnn.Layer):
+    """Written for backendnn 0.1: parameter gradients as batch means."""
+
+    def backward(self, grad):
+        self.grad_gain = self.xp.mean(grad * self.x, axis=0)
+        return grad * self.gain
+
+
+class NewGain(_Gain, backendnn.Layer):
+    """Written for the convention now: sums, and says so."""
+
+    grad_reduction = "sum"
+
+    def backward(self, grad):
+        self.grad_gain = self.xp.sum(grad * self.x, axis=0)
+        return grad * self.gain
+
+
+def test_a_layer_written_for_batch_means_still_gets_the_right_gradient(backend, rng):
+    x = backend.asarray(rng.normal(size=(6, 3)), dtype="float32")
+    y = backend.asarray(rng.normal(size=(6, 1)), dtype="float32")
+    grads = []
+    for kind in (OldGain, NewGain):
+        backendnn.seed(0)
+        with backendnn.use_backend(backend):
+            model = Sequential([Linear(3, 3), kind(3), Linear(3, 1)], MeanSquaredError())
+        model.loss(x, y)
+        if kind is OldGain:
+            _WARNED.discard(OldGain)  # the warning comes once per class and process
+            with pytest.warns(FutureWarning, match=r"OldGain does not declare grad_reduction"):
+                model.backward()
+        else:
+            model.backward()
+        grads.append([host(backend, p.grad) for p in model.parameters()])
+    for old, new in zip(*grads):
+        np.testing.assert_allclose(old, new, rtol=1e-5, atol=1e-7)

@@ -76,6 +76,11 @@ class Layer:
     divides by the batch, as torch's reduction="mean"), returns the same for its
     input, and leaves parameter gradients (`grad_w`, ...) as plain sums over the
     batch of `grad` times the local derivative: no layer divides by the batch size.
+    A layer class says so with `grad_reduction = "sum"` (every built-in layer
+    does). A layer class of your own with parameters that does not is taken to be
+    written for backendnn 0.1, whose layers averaged their parameter gradients over
+    the batch: its parameter gradients are multiplied by the batch size after its
+    backward, with a FutureWarning, so that it still trains as it did.
 
     Layers take `xp`, device and dtype from their backend and never import an
     array library.
@@ -84,12 +89,20 @@ class Layer:
     param_names: tuple[str, ...] = ()
     grad_names: tuple[str, ...] = ()
     buffer_names: tuple[str, ...] = ()
+    grad_reduction: str | None = None  # "sum": written for the convention above
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         reset = cls.__dict__.get("reset_parameters")
         if reset is not None and not getattr(reset, "_deferrable", False):
             cls.reset_parameters = _deferrable(reset)
+        if cls.__module__.startswith("backendnn.") and "grad_reduction" not in cls.__dict__:
+            cls.grad_reduction = "sum"
+        if cls.grad_reduction is None:
+            for name in ("backward", "backward_params"):
+                method = cls.__dict__.get(name)
+                if method is not None and not getattr(method, "_rescaled", False):
+                    setattr(cls, name, _batch_mean_layer(method))
 
     def __init__(self, *, backend=None, dtype: str = "float32"):
         self.backend = get_backend(backend)
@@ -204,6 +217,39 @@ def _init_arguments(cls) -> list[str]:
     params = list(inspect.signature(cls.__init__).parameters.values())[1:]
     return [p.name for p in params if p.name not in ("backend", "dtype")
             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+_WARNED: set = set()
+
+
+def _batch_mean_layer(backward):
+    """Wrap the backward of a layer class written for backendnn 0.1 (parameter
+    gradients as batch means): multiply its parameter gradients by the batch size,
+    so they are sums as the loss now divides by the batch, and warn once per class."""
+    @functools.wraps(backward)
+    def wrapper(self, grad, *args, **kwargs):
+        out = backward(self, grad, *args, **kwargs)
+        params = self.named_parameters()
+        if params and getattr(grad, "ndim", 0):
+            cls = type(self)
+            if cls not in _WARNED:
+                _WARNED.add(cls)
+                warnings.warn(
+                    f"{cls.__name__} does not declare grad_reduction = \"sum\": it is taken to "
+                    "average its parameter gradients over the batch, as layers did in "
+                    "backendnn 0.1, and they are multiplied by the batch size after its "
+                    "backward (the loss now divides by the batch). Sum over the batch "
+                    f"instead and set {cls.__name__}.grad_reduction = \"sum\"",
+                    FutureWarning, stacklevel=2)
+            n = grad.shape[0]
+            for _, param in params:
+                g = param.grad
+                if g is not None:
+                    setattr(self, param.grad_name, g * n)
+        return out
+
+    wrapper._rescaled = True
+    return wrapper
 
 
 _DEFER = ContextVar("backendnn_defer_init", default=False)
