@@ -329,21 +329,23 @@ def _metadata(path, f) -> dict:
 
 def _reader(path, f, backend):
     """name -> a fresh array on `backend`, with a clear error for a missing tensor."""
-    keys = set(f.keys())
-
     def array(name, dtype=None):
-        if name not in keys:
-            msg = f"{os.fspath(path)} lacks the tensor {name!r}; the file is incomplete or corrupt"
-            raise CheckpointError(msg)
-        try:
-            value = f.get_tensor(name)
-        except Exception as e:
-            msg = f"{os.fspath(path)}: cannot read tensor {name!r} ({e}); the file is corrupt"
-            raise CheckpointError(msg) from None
-        x = backend.asarray(value, dtype=dtype)
+        x = backend.asarray(_host_tensor(path, f, name), dtype=dtype)
         return backend.xp.asarray(x, copy=True)
 
     return array
+
+
+def _host_tensor(path, f, name: str):
+    """The stored tensor `name` as a host NumPy array read from the file."""
+    if name not in f.keys():
+        msg = f"{os.fspath(path)} lacks the tensor {name!r}; the file is incomplete or corrupt"
+        raise CheckpointError(msg)
+    try:
+        return f.get_tensor(name)
+    except Exception as e:
+        msg = f"{os.fspath(path)}: cannot read tensor {name!r} ({e}); the file is corrupt"
+        raise CheckpointError(msg) from None
 
 
 _MAX_DEPTH = 32
@@ -524,8 +526,7 @@ def _load_weights(path, f, model, spec) -> None:
     if extra:
         msg = f"{where} holds tensors the model has no place for: {extra}"
         raise CheckpointError(msg)
-    array = _reader(path, f, model.backend)
-    model.load_state_dict({key: array(key, model.dtype) for key in mine})
+    model.load_state_dict({key: _host_tensor(path, f, key) for key in mine})
 
 
 def _check_fits(path, meta: dict, optimizer, trainer) -> None:

@@ -208,6 +208,7 @@ def _train_model(args, data: _Prepared, comm=None) -> int:
     prints and writes; every rank trains its part of each batch)."""
     from . import optim
     from .checkpoint import save
+    from .data import check_global_batch
     from .losses import BinaryCrossEntropy, CrossEntropy, MeanSquaredError
     from .metrics import accuracy, mae, r2, rmse
     from .model import MLP
@@ -217,9 +218,11 @@ def _train_model(args, data: _Prepared, comm=None) -> int:
     say = print if main else (lambda *a, **k: None)
     backend = backends.get_backend(args.backend)
     task, labels, sizes = data.task, data.labels, data.sizes
-    if comm is not None and comm.size > args.batch_size:
-        _fail(f"backendnn train: --batch-size {args.batch_size} (the global batch) is "
-              f"smaller than the number of ranks {comm.size}; use --batch-size >= {comm.size}")
+    if comm is not None:
+        try:
+            check_global_batch("backendnn train: --batch-size", args.batch_size, comm.size)
+        except ValueError as e:
+            _fail(str(e))
     if data.binary:
         criterion = BinaryCrossEntropy(backend=backend)
     else:

@@ -154,11 +154,7 @@ class DataLoader:
         if rank >= size:
             msg = f"DataLoader.batches: `shard` rank {rank} must be below the size {size}"
             raise ValueError(msg)
-        if self.batch_size < size:
-            msg = (f"DataLoader: the global `batch_size` {self.batch_size} is smaller than "
-                   f"the number of ranks {size}: every rank needs a part of each batch; "
-                   f"use batch_size >= {size} or fewer ranks")
-            raise ValueError(msg)
+        check_global_batch("DataLoader", self.batch_size, size)
         return rank, size
 
     def __repr__(self):
@@ -174,6 +170,15 @@ def _generator(generator):
     seed = integer("DataLoader", "generator", generator, minimum=0)
     host = host_rng()
     return type(host)(type(host.bit_generator)(seed))
+
+
+def check_global_batch(owner: str, batch_size: int, ranks: int) -> None:
+    """ValueError when a global batch is too small to give each of `ranks` a part."""
+    if batch_size < ranks:
+        msg = (f"{owner}: the global batch size {batch_size} is smaller than the number of "
+               f"ranks {ranks}: every rank needs a part of each batch; use a batch size "
+               f">= {ranks} or fewer ranks")
+        raise ValueError(msg)
 
 
 TRAINING_DTYPES = ("float32", "float64")

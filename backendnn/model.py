@@ -119,24 +119,23 @@ class Sequential:
         backend, xp = self.backend, self.backend.xp
         if not backend.owns(X):
             X = to_host(X)
-        n = X.shape[0] if getattr(X, "ndim", 0) else 0
         if not getattr(X, "ndim", 0):
             msg = f"Sequential.predict: expected samples (n, ...), got {type(X).__name__} of shape ()"
             raise ShapeError(msg)
-        step = n if batch_size is None else batch_size
+        n = X.shape[0]
+        if n == 0:
+            msg = "Sequential.predict: X holds no samples"
+            raise ValueError(msg)
+        step = batch_size or n
         modes = [layer.training for layer in self.layers]
         self.eval()
         try:
             outs = [self.forward(backend.asarray(X[i:i + step, ...], dtype=self.dtype))
-                    for i in range(0, n, max(step, 1))]
+                    for i in range(0, n, step)]
         finally:
             for layer, mode in zip(self.layers, modes):
                 layer.train(mode)
-            for layer in self.layers:
                 layer._clear()
-        if not outs:
-            msg = "Sequential.predict: X holds no samples"
-            raise ValueError(msg)
         return backend.to_numpy(outs[0] if len(outs) == 1 else xp.concat(outs, axis=0))
 
     def parameters(self) -> list:

@@ -10,6 +10,8 @@ from tqdm.auto import tqdm
 
 from ._validate import boolean, integer
 from .capture import CapturedStep
+from .data import check_global_batch
+from .layers import Sigmoid
 from .metrics import metric_name
 from .optim import ChainedScheduler, clip_grad_norm
 
@@ -188,11 +190,8 @@ class Trainer:
                    "rank (the gradient allreduce runs outside the captured step)")
             raise ValueError(msg)
         batch_size = getattr(train_dl, "batch_size", None)
-        if isinstance(batch_size, int) and batch_size < comm.size:
-            msg = (f"Trainer: the global batch size {batch_size} is smaller than the number "
-                   f"of ranks {comm.size}: every rank needs a part of each batch; use "
-                   f"batch_size >= {comm.size} or fewer ranks")
-            raise ValueError(msg)
+        if isinstance(batch_size, int):
+            check_global_batch("Trainer", batch_size, comm.size)
         return DataParallel(model, optimizer, comm, max_grad_norm=max_grad_norm)
 
     def _parts(self, dl):
@@ -338,7 +337,7 @@ class Trainer:
         range_known = getattr(criterion, "range_known", None)
         if target_range is not None and range_known is not None:
             probabilities = getattr(criterion, "from_logits", True) or (
-                self.model.layers and type(self.model.layers[-1]).__name__ == "Sigmoid")
+                self.model.layers and isinstance(self.model.layers[-1], Sigmoid))
             if probabilities and 0 <= target_range[0] and target_range[1] <= 1:
                 return range_known()
         return contextlib.nullcontext()

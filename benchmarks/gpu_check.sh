@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One-shot check of backendnn on a CUDA machine without internet access, in under
 # 8 minutes: versions, a smoke test, the CUDA tests, the parity battery on CuPy and
-# a short GPU benchmark. Logs and the benchmark table go into OUTDIR.
+# a short GPU benchmark. Logs and the benchmark table go into LOGDIR.
 #
-#   bash benchmarks/gpu_check.sh OUTDIR
+#   bash benchmarks/gpu_check.sh LOGDIR
 #
 # Needs: run from the project root or with the project on PYTHONPATH; CuPy for the
 # node's CUDA, array-api-compat, safetensors and pytest installed (from a wheel
@@ -11,28 +11,28 @@
 # PYTHON picks the interpreter (default python3). Exit status: the number of
 # failed steps (0: all passed).
 set -u
-OUT=${1:?usage: gpu_check.sh OUTDIR}
+LOGS=${1:?usage: gpu_check.sh LOGDIR}
 PY=${PYTHON:-python3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
-mkdir -p "$OUT"
+mkdir -p "$LOGS"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 unset CUPY_TF32  # float32 products stay float32 on both sides
 failed=0
 
-step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to OUTDIR/NAME.log
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to LOGDIR/NAME.log
   local name=$1 limit=$2
   shift 2
   local start=$SECONDS
-  if timeout "$limit" "$@" >"$OUT/$name.log" 2>&1; then
-    echo "ok     $name ($((SECONDS - start)) s)" | tee -a "$OUT/summary.txt"
+  if timeout "$limit" "$@" >"$LOGS/$name.log" 2>&1; then
+    echo "ok     $name ($((SECONDS - start)) s)" | tee -a "$LOGS/summary.txt"
   else
-    echo "FAILED $name ($((SECONDS - start)) s, status $?): see $OUT/$name.log" | tee -a "$OUT/summary.txt"
+    echo "FAILED $name ($((SECONDS - start)) s, status $?): see $LOGS/$name.log" | tee -a "$LOGS/summary.txt"
     failed=$((failed + 1))
   fi
 }
 
-: >"$OUT/summary.txt"
+: >"$LOGS/summary.txt"
 step versions 60 bash -c "nvidia-smi; $PY -c '
 import sys, platform, numpy, cupy, backendnn
 print(sys.version); print(platform.platform())
@@ -70,7 +70,7 @@ PY
 step pytest-cuda 240 "$PY" -m pytest "$ROOT/tests" -q -m cuda -p no:cacheprovider
 step parity-cupy 150 "$PY" -m backendnn parity --backend cupy
 step benchmark 200 "$PY" "$HERE/gpu.py" --graph --rounds 3 \
-  --markdown "$OUT/gpu.md" --json "$OUT/gpu.json"
-[ -f "$OUT/gpu.md" ] && cat "$OUT/gpu.md"
-echo "$failed failed step(s); logs in $OUT" | tee -a "$OUT/summary.txt"
+  --markdown "$LOGS/gpu.md" --json "$LOGS/gpu.json"
+[ -f "$LOGS/gpu.md" ] && cat "$LOGS/gpu.md"
+echo "$failed failed step(s); logs in $LOGS" | tee -a "$LOGS/summary.txt"
 exit "$failed"

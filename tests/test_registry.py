@@ -743,4 +743,4 @@ def test_gpu_check_script_parses_and_runs_every_step():
                    "capture_step", "device_bernoulli"):
         assert needed in text, needed
     run = subprocess.run([bash, str(script)], capture_output=True, text=True)
-    assert run.returncode != 0 and "usage: gpu_check.sh OUTDIR" in run.stderr
+    assert run.returncode != 0 and "usage: gpu_check.sh LOGDIR" in run.stderr

@@ -132,13 +132,21 @@ class Optimizer:
     # gradients (still in cache); so nothing may read or change gradients in between.
     def _begin_step(self) -> None:
         self.step_count += 1
-        index = {}
-        i = 0
-        for group in self.param_groups:
-            for param in group["params"]:
-                index.setdefault(id(param.layer), []).append((i, param, group))
-                i += 1
-        self._pending = index
+        self._pending = dict(self._by_layer())
+
+    def _by_layer(self) -> dict:
+        """{id(layer): [(index, Param, group)]}, made once (groups are fixed after
+        construction; a new list of params in a group is noticed)."""
+        key = tuple(id(group["params"]) for group in self.param_groups)
+        cached = self.__dict__.get("_layer_index")
+        if cached is None or cached[0] != key:
+            index, i = {}, 0
+            for group in self.param_groups:
+                for param in group["params"]:
+                    index.setdefault(id(param.layer), []).append((i, param, group))
+                    i += 1
+            cached = self._layer_index = (key, index)
+        return cached[1]
 
     def _step_layer(self, layer) -> None:
         """Update `layer`'s parameters (those this optimiser holds) now."""
