@@ -6,6 +6,7 @@ seeded generator, datasets, `to_numpy`). The core in `backendnn/` never does.
 from __future__ import annotations
 
 import contextlib
+from contextvars import ContextVar
 
 import numpy as np
 
@@ -91,6 +92,21 @@ def random_state_kept(backend=None):
 
 
 _LIVE: list = []  # every Backend made so far (the registry keeps one per name)
+
+
+_ROWS: ContextVar = ContextVar("backendnn_batch_rows", default=None)
+
+
+@contextlib.contextmanager
+def batch_rows(start: int, n: int):
+    """Within: masks of n rows (`device_bernoulli`) are rows start .. start + n of the
+    mask of a larger batch, the one a single process draws; their stream advances as
+    that process's does. Data-parallel training runs each rank's step inside it."""
+    token = _ROWS.set((int(start), int(n)))
+    try:
+        yield
+    finally:
+        _ROWS.reset(token)
 
 
 def to_host(obj) -> np.ndarray:
@@ -233,15 +249,25 @@ class Backend:
         a seed and counter, whatever `dtype` is; the counter advances by one.
 
         Rows are independent: row i of the mask is row `first_row` + i of a taller
-        mask drawn with the same counter, so a data-parallel rank draws only its own
-        rows. Shape: any; axis 0 is the row axis.
+        mask drawn with the same counter; inside `batch_rows(start, n)` a mask of n
+        rows starts `start` rows further, so a data-parallel rank draws only its own
+        rows of the global batch's mask. Shape: any; axis 0 is the row axis.
         """
+        shape = tuple(shape)
+        rows = _ROWS.get()
+        if rows is not None and shape and shape[0] == rows[1]:
+            first_row += rows[0]
         seed, counter = self.random_stream()
-        mask = _philox.bernoulli_mask(self.xp, seed, counter, p_keep, shape,
-                                      self.dtype(dtype), device=self.device,
-                                      first_row=first_row, wide=self.philox_wide)
+        mask = self._philox_mask(seed, counter, p_keep, shape, self.dtype(dtype), first_row)
         self._advance(counter)
         return mask
+
+    def _philox_mask(self, seed, counter, p_keep, shape, dtype, first_row):
+        """The mask of `device_bernoulli` (portable Array API integer arithmetic); a
+        backend may override it with a faster kernel giving the same bits."""
+        return _philox.bernoulli_mask(self.xp, seed, counter, p_keep, shape, dtype,
+                                      device=self.device, first_row=first_row,
+                                      wide=self.philox_wide)
 
     def random_stream(self):
         """(seed, counter) of the mask stream: the `backendnn.seed` value and the 0-d

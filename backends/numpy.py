@@ -32,14 +32,11 @@ class NumpyBackend(Backend):
         """`x` itself for a NumPy array; other arrays (torch with grad, CuPy) via to_host."""
         return x if isinstance(x, np.ndarray) else to_host(x)
 
-    def device_bernoulli(self, p_keep, shape, dtype="float32", *, first_row=0):
+    def _philox_mask(self, seed, counter, p_keep, shape, dtype, first_row):
         """The portable Philox masks (same bits), computed in uint32 words with the
         products' halves read as views: under the host generator's cost."""
-        seed, counter = self.random_stream()
-        mask = _philox.bernoulli_mask_numpy(np, seed, int(counter), p_keep, shape,
-                                            self.dtype(dtype), first_row=first_row)
-        counter += 1
-        return mask
+        return _philox.bernoulli_mask_numpy(np, seed, int(counter), p_keep, shape, dtype,
+                                            first_row=first_row)
 
     # np.where with a data-dependent mask branches per element: about 4 ns each, 40x
     # a multiply. clip with both bounds has a SIMD loop (one bound, or maximum with a

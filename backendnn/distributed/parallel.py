@@ -1,9 +1,10 @@
 """What a Trainer does differently on many ranks: `DataParallel`."""
 from __future__ import annotations
 
-import contextlib
+import math
 import time
 
+from ..backends import batch_rows
 from ..optim import clip_grad_norm
 
 
@@ -64,7 +65,7 @@ class DataParallel:
             at = 0
             for k in keys:
                 shape = tuple(arrays[k].shape)
-                size = _prod(shape)
+                size = math.prod(shape)
                 out[k] = xp.reshape(flat[at:at + size], shape)
                 at += size
         return out
@@ -111,7 +112,7 @@ class DataParallel:
         model = self.model
         xp = model.backend.xp
         n = x.shape[0]
-        with _rows_of_global_masks(model.backend, start, n, n_global):
+        with batch_rows(start, n):  # Dropout masks: this rank's rows of the global ones
             out = model(x)
         if n:
             loss = xp.sum(model.criterion(out, y))
@@ -162,6 +163,7 @@ class DataParallel:
 
     def _make_plan(self):
         backend = self.model.backend
+        xp = backend.xp
         engine = self.comm._bucket_engine(backend)
         layers = self.model.layers
         plan = _Plan(engine, len(layers))
@@ -169,11 +171,11 @@ class DataParallel:
         for i in range(len(layers) - 1, -1, -1):
             for _, param in layers[i].named_parameters():
                 value = param.value
-                dtype, size = value.dtype, _prod(value.shape)
+                dtype, size = value.dtype, math.prod(value.shape)
                 key = str(dtype)
                 bucket = open_.get(key)
                 if bucket is not None and bucket.n and \
-                        (bucket.n + size) * _itemsize(dtype) > self.bucket_bytes:
+                        (bucket.n + size) * xp.finfo(dtype).bits // 8 > self.bucket_bytes:
                     plan.close(bucket)
                     bucket = None
                 if bucket is None:
@@ -228,34 +230,6 @@ class _Plan:
         self.starts[bucket.last_layer].append(bucket)
 
 
-@contextlib.contextmanager
-def _rows_of_global_masks(backend, start: int, n: int, n_global: int):
-    """While active, a random mask of this rank's rows (Dropout's `device_bernoulli`
-    with a first axis of n) is drawn as rows start .. start + n of the global batch's
-    mask (`first_row=start`), and nothing else: the masks, and the stream's counter
-    (one a mask, whatever its height), are those of one process."""
-    if n == n_global:
-        yield
-        return
-    had = "device_bernoulli" in vars(backend)
-    original = backend.device_bernoulli
-
-    def draw(p_keep, shape, dtype="float32", *, first_row=0):
-        shape = tuple(shape)
-        if shape and shape[0] == n:
-            first_row += start
-        return original(p_keep, shape, dtype, first_row=first_row)
-
-    backend.device_bernoulli = draw
-    try:
-        yield
-    finally:
-        if had:
-            backend.device_bernoulli = original
-        else:
-            del backend.device_bernoulli
-
-
 def _mismatch(ref: list, theirs: list, rank: int) -> str:
     ref_d, their_d = {k: (s, d) for k, s, d in ref}, {k: (s, d) for k, s, d in theirs}
     for key in list(ref_d) + list(their_d):
@@ -267,18 +241,6 @@ def _mismatch(ref: list, theirs: list, rank: int) -> str:
                     f"{key!r} has {show(b)} on rank {rank} but {show(a)} on rank 0; build the "
                     "same model on every rank")
     return f"DataParallel: rank {rank} lists its tensors in another order than rank 0"
-
-
-def _prod(shape) -> int:
-    out = 1
-    for s in shape:
-        out *= int(s)
-    return out
-
-
-def _itemsize(dtype) -> int:
-    name = str(dtype).rsplit(".", 1)[-1]
-    return {"float64": 8, "int64": 8, "float16": 2, "bfloat16": 2}.get(name, 4)
 
 
 def _host_vector(values):
