@@ -117,10 +117,17 @@ def to_host(obj) -> np.ndarray:
     `np.asarray`. No library is imported here."""
     if isinstance(obj, np.ndarray):
         return obj
+    backend = owning_backend(obj)
+    return _plain_host(obj) if backend is None else backend.to_numpy(obj)
+
+
+def owning_backend(obj):
+    """The loaded backend whose library `obj` is an array of (`Backend.converts`),
+    or None: no library is imported to find out."""
     for backend in _LIVE:
         if backend.converts(obj):
-            return backend.to_numpy(obj)
-    return _plain_host(obj)
+            return backend
+    return None
 
 
 def _plain_host(obj) -> np.ndarray:

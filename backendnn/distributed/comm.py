@@ -14,6 +14,7 @@ import time
 import traceback
 
 from .. import backends
+from ..backends import _base
 
 
 def _np():
@@ -34,19 +35,12 @@ def launched_by_mpi() -> bool:
 
 
 def _backend_of(x):
-    """The registered backend that owns array `x` (NumPy for host arrays)."""
-    host = backends.get("numpy")
-    if host.owns(x):
-        return host
-    for name in backends.registered():
-        try:
-            b = backends.get(name)
-        except backends.BackendError:
-            continue
-        if b.owns(x):
-            return b
-    msg = f"backendnn.distributed: no registered backend owns an array of type {type(x).__name__}"
-    raise TypeError(msg)
+    """The backend whose library `x` is an array of."""
+    backend = _base.owning_backend(x)
+    if backend is None:
+        msg = f"backendnn.distributed: no loaded backend owns an array of type {type(x).__name__}"
+        raise TypeError(msg)
+    return backend
 
 
 class Communicator:
@@ -158,7 +152,8 @@ class MPICommunicator(Communicator):
 
     # --- device arrays by NCCL where chosen ------------------------------------
     def _nccl_for(self, x):
-        if self._nccl_mode == "off" or type(x).__module__.split(".")[0] != "cupy":
+        owner = _base.owning_backend(x)
+        if self._nccl_mode == "off" or owner is None or owner.name != "cupy":
             return None
         if self._nccl is None:
             try:  # every rank reaches its first CuPy collective at the same point
