@@ -86,7 +86,7 @@ class CrossEntropy(Loss):
                 self.grad = grad
                 return loss
             classes = xp.arange(c, dtype=y.dtype, device=self.backend.device)
-            t = xp.astype(y[:, None] == classes, y_hat.dtype)
+            t = one_hot = xp.astype(y[:, None] == classes, y_hat.dtype)
         else:
             t = y if y.dtype == y_hat.dtype else xp.astype(y, y_hat.dtype)
         eps = self.label_smoothing
@@ -100,9 +100,7 @@ class CrossEntropy(Loss):
         a_sum = xp.sum(a, axis=1, keepdims=True)
         loss = -xp.sum(a * log_p, axis=1)
         if self.weight is not None and not soft:  # torch: divide by the labels' weights
-            w_y = xp.sum(xp.astype(y[:, None] == classes, y_hat.dtype)
-                         * self._weight_array(y_hat.dtype), axis=1)
-            denom = xp.sum(w_y)
+            denom = xp.sum(one_hot * self._weight_array(y_hat.dtype))
         else:
             denom = float(max(n, 1))
         self.grad = ((e / total) * a_sum - a) / denom
