@@ -546,7 +546,6 @@ class Backend:
         return tuple((padded_shape[2 + a] - dilation[a] * (kernel[a] - 1) - 1) // stride[a] + 1
                      for a in (0, 1))
 
-
     @staticmethod
     def _slice_keys(kernel, stride, dilation, out) -> list:
         """The index of each kernel offset (i, j), row-major: the (N, C, Ho, Wo) slice of
@@ -561,11 +560,9 @@ class Backend:
                              slice(c, c + stride[1] * (out[1] - 1) + 1, stride[1])))
         return keys
 
-
     @staticmethod
     def _slices(xpad, kernel, stride, dilation, out) -> list:
         return [xpad[key] for key in Backend._slice_keys(kernel, stride, dilation, out)]
-
 
     @staticmethod
     def _crop(gx, x_shape, padding):

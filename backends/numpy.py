@@ -96,7 +96,10 @@ class NumpyBackend(Backend):
         return loss, e
 
     # --- convolution and pooling -----------------------------------------------------
-    # One layout inside: channels first, then the batch, (C, N, H, W). The padded input
+    # Stride 1 with one group (most layers) takes the grid path, `conv2d_grid` below:
+    # columns are contiguous shifts of the flat padded input, made in chunks, and dL/dx
+    # is a convolution with the flipped kernel (no col2im). Other shapes take the
+    # columns path. One layout inside: channels first, then the batch, (C, N, H, W). The padded input
     # is copied into a buffer of that layout kept in the layer's workspace (its zero
     # border is written once); im2col is one strided copy into a (C·kh·kw, N·Ho·Wo)
     # column buffer, also kept; the forward is one BLAS product (O, C·kh·kw) @ columns,
