@@ -143,8 +143,6 @@ class Conv2d(Layer):
     def forward(self, x):
         check_nchw(self, x, self.in_channels)
         check_window(self, x, self.kernel_size, self._pads, self.dilation)
-        if not hasattr(self, "_workspace"):
-            self._workspace = {}
         y, self._saved = self.backend.conv2d(
             x, self.weights, self.bias, self.stride, self._pads, self.dilation,
             self.groups, self._workspace)
