@@ -1,5 +1,7 @@
 """The state protocol: named parameters and buffers, state_dict / load_state_dict,
 config; reused layer objects; parameterless layers following the model's dtype."""
+import warnings
+
 import numpy as np
 import pytest
 from conftest import host
@@ -209,3 +211,23 @@ def test_a_layer_written_for_batch_means_still_gets_the_right_gradient(backend, 
         grads.append([host(backend, p.grad) for p in model.parameters()])
     for old, new in zip(*grads):
         np.testing.assert_allclose(old, new, rtol=1e-5, atol=1e-7)
+
+
+class OlderGain(OldGain):
+    """A subclass of an old-style layer calling its backward: rescaled once."""
+
+    def backward(self, grad):
+        return super().backward(grad)
+
+
+def test_an_old_style_subclass_is_rescaled_once(rng):
+    x = rng.normal(size=(5, 3)).astype(np.float32)
+    grads = []
+    for kind in (OlderGain, NewGain):
+        layer = kind(3)
+        layer(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            layer.backward(np.ones((5, 3), np.float32) / 5)
+        grads.append(layer.grad_gain)
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6)

@@ -228,7 +228,13 @@ def _batch_mean_layer(backward):
     so they are sums as the loss now divides by the batch, and warn once per class."""
     @functools.wraps(backward)
     def wrapper(self, grad, *args, **kwargs):
-        out = backward(self, grad, *args, **kwargs)
+        if self.__dict__.get("_rescaling"):  # a subclass's backward calling this one
+            return backward(self, grad, *args, **kwargs)
+        self._rescaling = True
+        try:
+            out = backward(self, grad, *args, **kwargs)
+        finally:
+            self._rescaling = False
         params = self.named_parameters()
         if params and getattr(grad, "ndim", 0):
             cls = type(self)
