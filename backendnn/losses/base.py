@@ -85,5 +85,7 @@ def _same_backend(backend, x, what: str):
     raise TypeError(msg)
 
 
-def outputs_per_sample(shape) -> int:
-    return math.prod(shape[1:]) if len(shape) > 1 else 1
+def mean_scale(shape) -> float:
+    """1 / the number of values averaged: outputs per sample times the batch, the
+    factor that turns each value's derivative into that of the batch-mean loss."""
+    return 1.0 / max(math.prod(shape), 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 
 from .._validate import boolean
-from .base import Loss, outputs_per_sample
+from .base import Loss, mean_scale
 
 
 class BinaryCrossEntropy(Loss):
@@ -84,9 +84,9 @@ class BinaryCrossEntropy(Loss):
     def backward(self):
         if self.from_logits:
             s, y = self._need(self.sig), self.y
-            return (s - y) * (1.0 / (outputs_per_sample(s.shape) * s.shape[0]))
+            return (s - y) * mean_scale(s.shape)
         p, y = self._need(self.p), self.y
-        return (p - y) / (p * (1.0 - p) * (outputs_per_sample(p.shape) * p.shape[0]))
+        return (p - y) * mean_scale(p.shape) / (p * (1.0 - p))
 
     def _clear(self):
         self.p = self.y = self.sig = None

@@ -1,7 +1,7 @@
 """Mean squared error."""
 from __future__ import annotations
 
-from .base import Loss, outputs_per_sample
+from .base import Loss, mean_scale
 from .bce import _per_sample
 
 
@@ -20,7 +20,7 @@ class MeanSquaredError(Loss):
 
     def backward(self):
         diff = self._need(self.diff)
-        return diff * (2.0 / (outputs_per_sample(diff.shape) * diff.shape[0]))
+        return diff * (2.0 * mean_scale(diff.shape))
 
     def _clear(self):
         self.diff = None

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .._validate import number
-from .base import Loss, outputs_per_sample
+from .base import Loss, mean_scale
 from .bce import _per_sample
 
 
@@ -22,7 +22,7 @@ class L1Loss(Loss):
 
     def backward(self):
         diff = self._need(self.diff)
-        return self.xp.sign(diff) * (1.0 / (outputs_per_sample(diff.shape) * diff.shape[0]))
+        return self.xp.sign(diff) * mean_scale(diff.shape)
 
     def _clear(self):
         self.diff = None
@@ -56,8 +56,7 @@ class HuberLoss(Loss):
 
     def backward(self):
         d = self._need(self.diff)
-        return self.xp.clip(d, -self.delta, self.delta) * (
-            1.0 / (outputs_per_sample(d.shape) * d.shape[0]))
+        return self.xp.clip(d, -self.delta, self.delta) * mean_scale(d.shape)
 
     def _clear(self):
         self.diff = None
