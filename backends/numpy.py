@@ -5,7 +5,7 @@ array-api-compat's wrapper would add a Python call to every operation.
 """
 import numpy as np
 
-from . import _philox
+from . import _numba, _philox
 from ._base import Backend, to_host
 
 
@@ -49,7 +49,15 @@ class NumpyBackend(Backend):
         return x.clip(0, np.inf)
 
     def backprop_relu(self, grad, y):
-        """grad * (y > 0): the fallback's values wherever grad is finite."""
+        """grad where y > 0, else 0, in one pass (Numba); without Numba grad * (y > 0),
+        the fallback's values wherever grad is finite."""
+        k = _numba.kernels()
+        if k is not None and grad.dtype == y.dtype and grad.strides == y.strides:
+            out = np.empty_like(grad)
+            flat = _flat(grad, y, out) if out.strides == grad.strides else None
+            if flat is not None:
+                k.backprop_relu(*flat)
+                return out
         return np.multiply(grad, np.greater(y, 0))
 
     # NumPy reduces along a short last axis element by element (max over rows of 10:
@@ -65,6 +73,12 @@ class NumpyBackend(Backend):
         """In place, in chunks of _CHUNK elements: the temporary alpha * g stays at
         512 KiB instead of the size of p (16 MiB for a 2048x2048 float32 weight, the
         step's memory peak), at the same speed on an L2-sized weight."""
+        if not self.inplace:
+            return super().sub_scaled(p, g, alpha)
+        if (p.dtype == g.dtype and p.shape == g.shape and p.flags.c_contiguous
+                and g.flags.c_contiguous and _numba.kernels() is not None):
+            _numba.kernels().sub_scaled(p.reshape(-1), g.reshape(-1), alpha)
+            return p
         n = p.size
         if (n <= _CHUNK or p.dtype != g.dtype or p.shape != g.shape
                 or not (p.flags.c_contiguous and g.flags.c_contiguous)):
@@ -83,6 +97,13 @@ class NumpyBackend(Backend):
         if logits.ndim != 2 or logits.dtype.kind != "f" or labels.ndim != 1:
             return super().softmax_cross_entropy(logits, labels)
         n, c = logits.shape
+        k = _numba.kernels()
+        if k is not None and labels.dtype.kind in "iu":
+            loss = np.empty(n, dtype=logits.dtype)
+            e = np.empty((n, c), dtype=logits.dtype)
+            k.softmax_cross_entropy(np.ascontiguousarray(logits),
+                                    np.ascontiguousarray(labels, dtype=np.intp), loss, e)
+            return loss, e
         top = np.ascontiguousarray(logits.T).max(axis=0) if n > c else logits.max(axis=1)
         e = np.subtract(logits, top[:, None])
         rows = _arange(n)
@@ -129,7 +150,7 @@ class NumpyBackend(Backend):
         if x.dtype.kind != "f" or kernel[0] * kernel[1] > 127:
             return super().max_pool2d(x, kernel, stride, padding)
         if tuple(kernel) == (2, 2) and tuple(stride) == (2, 2) and not any(padding):
-            return max_pool2d_pairs(x)
+            return max_pool2d_2x2(x)
         return max_pool2d_slices(np, self, x, kernel, stride, padding)
 
     def backprop_max_pool2d(self, grad, saved):
@@ -154,6 +175,18 @@ def _ones(n: int, dtype) -> np.ndarray:
         ones.flags.writeable = False
         _ONES[key] = ones
     return ones
+
+
+def _flat(*arrays):
+    """1-D views of the memory of equally laid out dense arrays (any axis order), or
+    None where one is not dense."""
+    views = []
+    for a in arrays:
+        v = a.ravel(order="K")
+        if not np.may_share_memory(v, a):
+            return None
+        views.append(v)
+    return views
 
 
 def _arange(n: int) -> np.ndarray:
@@ -432,6 +465,23 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
 
 
 # --- 2x2 max pooling, stride 2, no padding (NumPy) --------------------------------------
+def max_pool2d_2x2(x):
+    """One pass of the Numba kernel where x, or its (C, N, H, W) transpose, is
+    C-contiguous (the result keeps that layout); else the pairwise maxima below."""
+    k = _numba.kernels()
+    n, c, h, w = x.shape
+    if k is not None:
+        for axes in ((0, 1, 2, 3), (1, 0, 2, 3)):
+            xt = x.transpose(axes)
+            if xt.flags.c_contiguous:
+                shape = xt.shape[:2] + (h // 2, w // 2)
+                y, idx = np.empty(shape, dtype=x.dtype), np.empty(shape, dtype=np.int8)
+                if k.max_pool2x2(xt, y, idx):
+                    k.max_pool2x2_nan(xt, y, idx)
+                return y.transpose(axes), ("pairs", idx.transpose(axes), (n, c, h, w))
+    return max_pool2d_pairs(x)
+
+
 def max_pool2d_pairs(x):
     """Max over the 2x2 windows as two pairwise maxima (columns, then rows), with the
     winner's offset 0..3 (row-major, the first largest as torch) in int8: four

@@ -57,6 +57,21 @@ def torch():
     return pytest.importorskip("torch")
 
 
+@pytest.fixture(params=["numba", "numpy"])
+def numpy_kernels(request, monkeypatch):
+    """The NumPy backend's kernels as compiled by Numba, and without Numba (its NumPy
+    spelling, what a machine without Numba runs); the Numba case skips where Numba is
+    not installed."""
+    from backendnn.backends import _numba
+
+    if request.param == "numba":
+        if _numba.kernels() is None:
+            pytest.skip("numba is not installed (pip install numba)")
+    else:
+        monkeypatch.setattr(_numba, "_KERNELS", False)
+    return request.param
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -63,7 +63,7 @@ def test_grid_conv_is_not_used_where_it_does_not_fit():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", [(2, 3, 6, 8), (1, 2, 5, 7), (3, 1, 2, 2)])
 @pytest.mark.parametrize("layout", ["NCHW", "CNHW"])
-def test_pairwise_max_pool_equals_portable(rng, dtype, shape, layout):
+def test_pairwise_max_pool_equals_portable(numpy_kernels, rng, dtype, shape, layout):
     be = get("numpy")
     n, c, h, w = shape
     # few distinct values (ReLU zeros among them): many ties, the first winner must be
@@ -81,3 +81,40 @@ def test_pairwise_max_pool_equals_portable(rng, dtype, shape, layout):
     gx_ref = Backend.backprop_max_pool2d(be, g, saved_ref)
     assert gx.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(gx, gx_ref)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "CNHW"])
+def test_max_pool_2x2_with_nan_and_inf_as_torch(numpy_kernels, torch, layout):
+    """A NaN wins its window (torch's rule), +-inf compare as numbers; with Numba the
+    winner's offset is torch's too (the last NaN), so the gradient goes where torch
+    sends it."""
+    be = get("numpy")
+    data = np.array([[1.0, np.nan, np.nan, 2.0, -np.inf, -np.inf, 3.0, 4.0],
+                     [5.0, 0.0, 7.0, 6.0, -np.inf, np.inf, np.inf, 4.0],
+                     [0.0, 0.0, 0.0, -1.0, 2.0, 2.0, np.nan, 1.0],
+                     [0.0, 0.0, -2.0, -3.0, 2.0, 2.0, 1.0, np.nan]], np.float32)
+    x = np.stack([data, data[::-1]])[None]  # (1, 2, 4, 8)
+    if layout == "CNHW":
+        x = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    y, saved = be.max_pool2d(x, (2, 2), (2, 2), (0, 0, 0, 0))
+    t_y, t_idx = torch.nn.functional.max_pool2d(torch.from_numpy(np.ascontiguousarray(x)),
+                                                2, return_indices=True)
+    np.testing.assert_array_equal(y, t_y.numpy())
+    if numpy_kernels == "numba":
+        g = np.arange(1, 17, dtype=np.float32).reshape(1, 2, 2, 4)
+        gx = be.backprop_max_pool2d(g, saved)
+        t_x = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_()
+        torch.nn.functional.max_pool2d(t_x, 2).backward(torch.from_numpy(g))
+        np.testing.assert_array_equal(gx, t_x.grad.numpy())
+
+
+@pytest.mark.parametrize("bad", [5, -1])
+def test_numba_cross_entropy_refuses_labels_out_of_range(bad):
+    """The compiled kernel checks every label: no read outside the row."""
+    from backendnn.backends import _numba
+
+    if _numba.kernels() is None:
+        pytest.skip("numba is not installed (pip install numba)")
+    logits = np.zeros((3, 5), np.float32)
+    with pytest.raises(IndexError, match="outside"):
+        get("numpy").softmax_cross_entropy(logits, np.array([0, bad, 1]))

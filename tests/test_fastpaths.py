@@ -99,7 +99,7 @@ def _portable(kernel):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("layout", ["C", "F", "strided"])
 @pytest.mark.parametrize("shape", [(64, 10), (5, 40), (1, 1)])
-def test_numpy_fast_paths_equal_portable(rng, dtype, layout, shape):
+def test_numpy_fast_paths_equal_portable(numpy_kernels, rng, dtype, layout, shape):
     be = get("numpy")
     n, c = shape
 
@@ -126,7 +126,7 @@ def test_numpy_fast_paths_equal_portable(rng, dtype, layout, shape):
 
 @pytest.mark.parametrize("shape", [(3, 4), (600, 500), (2, 70001)])  # < 1 chunk, 3, 1 and a bit
 @pytest.mark.parametrize("layout", ["C", "F"])  # F: not C-contiguous, the fallback
-def test_numpy_sub_scaled_equals_portable(rng, shape, layout):
+def test_numpy_sub_scaled_equals_portable(numpy_kernels, rng, shape, layout):
     be = get("numpy")
     order = "C" if layout == "C" else "F"
     p = np.array(rng.normal(0, 1, shape), dtype=np.float32, order=order)
@@ -138,7 +138,7 @@ def test_numpy_sub_scaled_equals_portable(rng, shape, layout):
     np.testing.assert_array_equal(g, g_before)
 
 
-def test_numpy_kernels_return_fresh_writable_arrays(rng):
+def test_numpy_kernels_return_fresh_writable_arrays(numpy_kernels, rng):
     """No kernel hands out its input, a cached array, or the previous call's output."""
     be = get("numpy")
     z = rng.normal(0, 1, (8, 5)).astype(np.float32)
@@ -173,7 +173,7 @@ def _train(n_steps, seed=3):
     return [p.value.copy() for p in model.parameters()], np.stack(losses)
 
 
-def test_numpy_training_with_fast_paths_follows_the_portable_path(monkeypatch):
+def test_numpy_training_with_fast_paths_follows_the_portable_path(numpy_kernels, monkeypatch):
     fast_params, fast_losses = _train(5)
     numpy_backend = type(get("numpy"))
     for name in KERNELS + UPDATES:

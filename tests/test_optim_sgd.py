@@ -67,6 +67,7 @@ class Scale(Layer):
 
     param_names = ("gain",)
     grad_names = ("grad_gain",)
+    grad_reduction = "sum"
 
     def __init__(self, n, **kw):
         super().__init__(**kw)
@@ -78,7 +79,7 @@ class Scale(Layer):
         return x * self.gain
 
     def backward(self, grad):
-        self.grad_gain = self.xp.mean(grad * self.x, axis=0)
+        self.grad_gain = self.xp.sum(grad * self.x, axis=0)
         return grad * self.gain
 
     def _clear(self):

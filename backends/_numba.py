@@ -1,0 +1,135 @@
+"""Fused single-pass kernels for the NumPy backend, compiled by Numba.
+
+NumPy spends one pass over memory per operation: `grad * (y > 0)` is two, 2x2 max
+pooling with winner indices nine (strided ones), softmax cross-entropy six. Each kernel
+here reads its inputs once and writes its outputs once. They run on the calling thread
+and release the GIL.
+
+Numba is optional: `kernels()` is None where it is not installed, or where the
+environment sets BACKENDNN_NUMBA=0, and the backend then takes its NumPy spelling
+(the same values; tests compare both with the portable default). Kernels are compiled
+on first use and cached on disk (`cache=True`), so later processes load them in
+milliseconds.
+"""
+from __future__ import annotations
+
+import os
+
+_KERNELS = None  # the namespace, False when unavailable, None before the first look
+
+
+def kernels():
+    """The compiled kernels (a module-like namespace), or None without Numba."""
+    global _KERNELS
+    if _KERNELS is None:
+        _KERNELS = False
+        if os.environ.get("BACKENDNN_NUMBA", "1") != "0":
+            try:
+                import numba  # noqa: F401
+            except ImportError:
+                pass
+            else:
+                _KERNELS = _compile()
+    return _KERNELS or None
+
+
+def _compile():
+    import types
+
+    import numba
+    import numpy as np
+
+    jit = numba.njit(cache=True, nogil=True)
+
+    @jit
+    def backprop_relu(grad, y, out):
+        """out = grad where y > 0, else 0 (1-D views of equally laid out arrays)."""
+        zero = out.dtype.type(0)
+        for i in range(out.size):
+            out[i] = grad[i] if y[i] > 0 else zero
+
+    @jit
+    def sub_scaled(p, g, alpha):
+        """p -= alpha * g in p's dtype, the product rounded first, as NumPy's
+        `p -= alpha * g` (1-D views)."""
+        a = p.dtype.type(alpha)
+        for i in range(p.size):
+            p[i] = p[i] - a * g[i]
+
+    @jit
+    def softmax_cross_entropy(logits, labels, loss, e):
+        """Per row r of logits (n, c): loss[r] = logsumexp - logits[r, labels[r]] and
+        e[r] = softmax - onehot, from the row's maximum, in the logits' dtype as the
+        NumPy spelling; a label outside [0, c) raises IndexError."""
+        n, c = logits.shape
+        for r in range(n):
+            k = labels[r]
+            if k < 0 or k >= c:
+                raise IndexError("a label is outside [0, classes)")
+            row = logits[r]
+            top = row[0]
+            for j in range(1, c):
+                if row[j] > top:
+                    top = row[j]
+            total = e.dtype.type(0)
+            for j in range(c):
+                v = np.exp(row[j] - top)
+                e[r, j] = v
+                total += v
+            loss[r] = np.log(total) - (row[k] - top)
+            for j in range(c):
+                e[r, j] /= total
+            e[r, k] -= 1
+
+    @jit
+    def max_pool2x2(x, y, idx):
+        """y, idx (A, B, H//2, W//2) = the maximum of each 2x2 window of x (A, B, H, W)
+        and its offset 0..3 in row-major order, the first of equal maxima (as torch).
+        Branch-free enough to vectorise, so NaN is not looked for: returns whether x
+        held a NaN or an infinity, and the caller then runs max_pool2x2_nan."""
+        a_n, b_n, ho, wo = y.shape
+        bad = 0.0
+        for a in range(a_n):
+            for b in range(b_n):
+                for i in range(ho):
+                    top, bottom = x[a, b, 2 * i], x[a, b, 2 * i + 1]
+                    yr, ir = y[a, b, i], idx[a, b, i]
+                    for j in range(wo):
+                        m, k = top[2 * j], 0
+                        v = top[2 * j + 1]
+                        total = m + v
+                        if v > m:
+                            m, k = v, 1
+                        v = bottom[2 * j]
+                        total += v
+                        if v > m:
+                            m, k = v, 2
+                        v = bottom[2 * j + 1]
+                        total += v
+                        if v > m:
+                            m, k = v, 3
+                        yr[j], ir[j] = m, k
+                        bad += total * 0.0  # NaN from here on after a NaN or inf
+        return bad != bad
+
+    @jit
+    def max_pool2x2_nan(x, y, idx):
+        """max_pool2x2 where a NaN wins its window, at the offset of its last NaN (as
+        torch's CPU kernel); 6x slower."""
+        a_n, b_n, ho, wo = y.shape
+        for a in range(a_n):
+            for b in range(b_n):
+                for i in range(ho):
+                    top, bottom = x[a, b, 2 * i], x[a, b, 2 * i + 1]
+                    yr, ir = y[a, b, i], idx[a, b, i]
+                    for j in range(wo):
+                        m, k = top[2 * j], 0
+                        for q, v in ((1, top[2 * j + 1]), (2, bottom[2 * j]),
+                                     (3, bottom[2 * j + 1])):
+                            if v > m or v != v:
+                                m, k = v, q
+                        yr[j], ir[j] = m, k
+
+    return types.SimpleNamespace(backprop_relu=backprop_relu, sub_scaled=sub_scaled,
+                                 softmax_cross_entropy=softmax_cross_entropy,
+                                 max_pool2x2=max_pool2x2, max_pool2x2_nan=max_pool2x2_nan)
