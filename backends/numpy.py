@@ -3,6 +3,9 @@
 NumPy 2 implements the Array API in its main namespace, so `xp` is `numpy` itself:
 array-api-compat's wrapper would add a Python call to every operation.
 """
+import math
+import threading
+
 import numpy as np
 
 from . import _numba, _philox
@@ -120,14 +123,13 @@ class NumpyBackend(Backend):
     # Stride 1 with one group (most layers) takes the grid path, `conv2d_grid` below:
     # columns are contiguous shifts of the flat padded input, made in chunks, and dL/dx
     # is a convolution with the flipped kernel (no col2im). Other shapes take the
-    # columns path. One layout inside: channels first, then the batch, (C, N, H, W). The padded input
-    # is copied into a buffer of that layout kept in the layer's workspace (its zero
-    # border is written once); im2col is one strided copy into a (C·kh·kw, N·Ho·Wo)
-    # column buffer, also kept; the forward is one BLAS product (O, C·kh·kw) @ columns,
-    # whose (O, N, Ho, Wo) result is returned as an NCHW view (ReLU and pooling keep
-    # that layout, so the next layer's copy into its buffer reads contiguous rows).
-    # Backward: grad_w = grad @ columns.T, then the input's columns W.T @ grad are
-    # written into the same column buffer, and col2im adds its kh·kw slices.
+    # columns path. One layout inside: channels first, then the batch, (C, N, H, W);
+    # the result is returned as an NCHW view of it (ReLU and pooling keep that layout,
+    # so the next layer's copy into its padded grid reads contiguous rows). The columns
+    # path keeps its padded input and one (C·kh·kw, N·Ho·Wo) column buffer in the
+    # layer's workspace; forward is one BLAS product (O, C·kh·kw) @ columns; backward
+    # is grad_w = grad @ columns.T, then the input's columns W.T @ grad, written into
+    # the same buffer, and col2im adds its kh·kw slices.
     def conv2d(self, x, weights, bias, stride, padding, dilation, groups, workspace=None):
         """One GEMM on sliding-window columns (see the comment above); float only."""
         if x.dtype.kind != "f" or x.dtype != weights.dtype:
@@ -332,17 +334,20 @@ def backprop_max_pool2d_slices(lib, backend, grad, saved):
 # dropped when the result is copied out; 6% more work on 32x32, 12% on 16x16), in
 # exchange for a column copy at memcpy speed. Columns are made a few images at a time
 # into a buffer of about _GRID_COLS elements, used at once by the product while in
-# cache, and made again in backward from the kept padded input: no column buffer lives
-# between forward and backward. dL/dx is the same kind of convolution: dL/dy placed in
-# a zero grid, with the kernel flipped and transposed (no col2im, no scattered adds).
+# cache, and made again in backward from the kept input, padded again: no padded copy
+# or column buffer lives between forward and backward. dL/dx is the same kind of
+# convolution: dL/dy placed in a zero grid, with the kernel flipped and transposed (no
+# col2im, no scattered adds). The padded grids, columns and products are per-thread
+# scratch buffers shared by every layer (`_scratch`), as large as the largest layer's.
 _GRID_COLS = 1 << 20  # elements of a column chunk (4 MiB in float32)
+_SCRATCH = threading.local()  # per-thread buffers that live within one call
 
 
 class _GridSaved:
     """What conv2d_grid keeps for backward."""
 
-    __slots__ = ("xbuf", "weights", "x_shape", "kernel", "padding", "dilation", "out",
-                 "has_bias", "workspace")
+    __slots__ = ("x", "weights", "x_shape", "kernel", "padding", "dilation", "out",
+                 "has_bias")
 
 
 def grid_fits(x_shape, weights_shape, stride, padding, dilation, groups) -> bool:
@@ -355,16 +360,28 @@ def grid_fits(x_shape, weights_shape, stride, padding, dilation, groups) -> bool
             and max(pl, pr) <= sw)
 
 
-def _grid_buffer(workspace, key, c, n, h, w, tail, dtype):
-    """A zeroed (C, N·H·W + tail) buffer kept in the workspace, and its (C, N, H, W)
-    view; whatever is written only in the interior, the border and tail stay zero."""
-    shape = (c, n * h * w + tail)
-    buf = None if workspace is None else workspace.get(key)
-    if buf is None or buf.shape != shape or buf.dtype != dtype:
-        buf = np.zeros(shape, dtype=dtype)
-        if workspace is not None:
-            workspace[key] = buf
-    return buf, buf[:, :n * h * w].reshape(c, n, h, w)
+def _scratch(name, shape, dtype):
+    """A buffer of `shape` for use within one call, shared by every layer on this
+    thread: one flat array per (name, dtype), as large as the largest request so far.
+    Its contents are whatever the last user left."""
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    key, size = (name, np.dtype(dtype)), math.prod(shape)
+    buf = buffers.get(key)
+    if buf is None or buf.size < size:
+        buf = buffers[key] = np.empty(size, dtype=dtype)
+    return buf[:size].reshape(shape)
+
+
+def _zero_border(buf, n, h, w, interior):
+    """Zero everything of a (C, N·H·W + tail) grid buffer outside rows top:bottom and
+    columns left:right of each (H, W) image."""
+    top, bottom, left, right = interior
+    grid = buf[:, :n * h * w].reshape(buf.shape[0], n, h, w)
+    grid[:, :, :top] = 0
+    grid[:, :, bottom:] = 0
+    grid[:, :, top:bottom, :left] = 0
+    grid[:, :, top:bottom, right:] = 0
+    buf[:, n * h * w:] = 0
 
 
 def _grid_columns(src, n0, nb, hs, ws, kernel, dilation, ho, out):
@@ -383,14 +400,14 @@ def _grid_columns(src, n0, nb, hs, ws, kernel, dilation, ho, out):
     return cols
 
 
-def _grid_conv(src, hs, ws, wmat, kernel, dilation, out, bias, workspace, key):
+def _grid_conv(src, hs, ws, wmat, kernel, dilation, out, bias):
     """out (O, N, Ho, Wo) = the stride-1 convolution of the grid buffer `src` (C, N,
     Hs, Ws) with wmat (O, C·kh·kw), plus bias (O,) if given."""
     o, n, ho, wo = out.shape
     k = wmat.shape[1]
     nb = max(1, min(n, _GRID_COLS // (k * ho * ws)))
-    cols = _buffer(np, workspace, key + "_cols", (k, nb * ho * ws), src.dtype)
-    prod = _buffer(np, workspace, key + "_prod", (o, nb * ho * ws), src.dtype)
+    cols = _scratch("cols", (k, nb * ho * ws), src.dtype)
+    prod = _scratch("prod", (o, nb * ho * ws), src.dtype)
     b = None if bias is None else bias.reshape(o, 1, 1, 1)
     for n0 in range(0, n, nb):
         m = min(nb, n - n0)
@@ -404,22 +421,34 @@ def _grid_conv(src, hs, ws, wmat, kernel, dilation, out, bias, workspace, key):
     return out
 
 
-def conv2d_grid(x, weights, bias, padding, dilation, workspace):
+def _padded_grid(x, padding, tail):
+    """x (N, C, H, W) copied into the "xgrid" scratch as a zero-bordered (C, N·Hp·Wp +
+    tail) grid; returns the buffer."""
+    n, c, h, w = x.shape
+    pt, pb, pl, pr = padding
+    hp, wp = h + pt + pb, w + pl + pr
+    buf = _scratch("xgrid", (c, n * hp * wp + tail), x.dtype)
+    _zero_border(buf, n, hp, wp, (pt, pt + h, pl, pl + w))
+    buf[:, :n * hp * wp].reshape(c, n, hp, wp)[:, :, pt:pt + h, pl:pl + w] = (
+        x.transpose(1, 0, 2, 3))
+    return buf
+
+
+def conv2d_grid(x, weights, bias, padding, dilation, workspace=None):
+    """The stride-1 convolution on the padded grid; keeps x itself (which the layer
+    before usually keeps anyway) and pads it again in backward, instead of keeping the
+    padded copy."""
     n, c, h, w = x.shape
     o, _, kh, kw = weights.shape
     pt, pb, pl, pr = padding
     hp, wp = h + pt + pb, w + pl + pr
     ho, wo = hp - dilation[0] * (kh - 1), wp - dilation[1] * (kw - 1)
-    dt = x.dtype
-    xbuf, xgrid = _grid_buffer(workspace, "xgrid", c, n, hp, wp, dilation[1] * (kw - 1), dt)
-    xgrid[:, :, pt:pt + h, pl:pl + w] = x.transpose(1, 0, 2, 3)
-    y = np.empty((o, n, ho, wo), dtype=dt)
-    _grid_conv(xbuf, hp, wp, weights.reshape(o, -1), (kh, kw), dilation, y, bias,
-               workspace, "fwd")
+    xbuf = _padded_grid(x, padding, dilation[1] * (kw - 1))
+    y = np.empty((o, n, ho, wo), dtype=x.dtype)
+    _grid_conv(xbuf, hp, wp, weights.reshape(o, -1), (kh, kw), dilation, y, bias)
     s = _GridSaved()
-    s.xbuf, s.weights, s.x_shape, s.kernel = xbuf, weights, (n, c, h, w), (kh, kw)
+    s.x, s.weights, s.x_shape, s.kernel = x, weights, (n, c, h, w), (kh, kw)
     s.padding, s.dilation, s.out, s.has_bias = padding, dilation, (ho, wo), bias is not None
-    s.workspace = workspace
     return y.transpose(1, 0, 2, 3), s
 
 
@@ -431,21 +460,23 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
     ho, wo = s.out
     pt, pb, pl, pr = s.padding
     hp, wp = h + pt + pb, w + pl + pr
-    dt, ws = grad.dtype, s.workspace
+    dt = grad.dtype
+    xbuf = _padded_grid(s.x, s.padding, dw * (kw - 1))
     gy = grad.transpose(1, 0, 2, 3)  # (O, N, Ho, Wo): a view when grad is our layout
     # dL/dweights: dL/dy on the input's grid (zero past each row's Wo columns) times
     # the input's columns, made again chunk by chunk
-    _, gyw = _grid_buffer(ws, "gyw", o, n, ho, wp, 0, dt)
+    gyw = _scratch("grid", (o, n, ho, wp), dt)
     gyw[:, :, :, :wo] = gy
+    gyw[:, :, :, wo:] = 0
     gyw2 = gyw.reshape(o, n * ho * wp)
     k = c * kh * kw
     nb = max(1, min(n, _GRID_COLS // (k * ho * wp)))
-    cols = _buffer(np, ws, "fwd_cols", (k, nb * ho * wp), dt)
+    cols = _scratch("cols", (k, nb * ho * wp), dt)
     gw = np.zeros((o, k), dtype=dt)
     part = np.empty((o, k), dtype=dt)
     for n0 in range(0, n, nb):
         m = min(nb, n - n0)
-        cc = _grid_columns(s.xbuf, n0, m, hp, wp, s.kernel, s.dilation, ho, cols)
+        cc = _grid_columns(xbuf, n0, m, hp, wp, s.kernel, s.dilation, ho, cols)
         gw += np.matmul(gyw2[:, n0 * ho * wp:(n0 + m) * ho * wp], cc.T, out=part)
     gb = gyw2 @ _ones(n * ho * wp, dt) if s.has_bias else None
     gw = gw.reshape(s.weights.shape)
@@ -455,12 +486,13 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
     # convolved with the flipped kernel, channels swapped
     hq, wq = h + dh * (kh - 1), w + dw * (kw - 1)
     p, q = dh * (kh - 1) - pt, dw * (kw - 1) - pl
-    gbuf, gq = _grid_buffer(ws, "gyq", o, n, hq, wq, dw * (kw - 1), dt)
+    gbuf = _scratch("grid", (o, n * hq * wq + dw * (kw - 1)), dt)  # gyw's memory
+    _zero_border(gbuf, n, hq, wq, (p, p + ho, q, q + wo))
+    gq = gbuf[:, :n * hq * wq].reshape(o, n, hq, wq)
     gq[:, :, p:p + ho, q:q + wo] = gy
     wflip = np.ascontiguousarray(s.weights[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
     gx = np.empty((c, n, h, w), dtype=dt)
-    _grid_conv(gbuf, hq, wq, wflip.reshape(c, -1), s.kernel, s.dilation, gx, None, ws,
-               "bwd")
+    _grid_conv(gbuf, hq, wq, wflip.reshape(c, -1), s.kernel, s.dilation, gx, None)
     return gx.transpose(1, 0, 2, 3), gw, gb
 
 
