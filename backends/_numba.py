@@ -130,6 +130,20 @@ def _compile():
                                 m, k = v, q
                         yr[j], ir[j] = m, k
 
-    return types.SimpleNamespace(backprop_relu=backprop_relu, sub_scaled=sub_scaled,
+    @jit
+    def crop_add(src, out, bias):
+        """out (A, B, H, W) = src (A, B, H, W') cropped to W columns, plus bias[a]
+        (A,) (a convolution's result off its grid)."""
+        a_n, b_n, h, w = out.shape
+        for a in range(a_n):
+            v = bias[a]
+            for b in range(b_n):
+                for i in range(h):
+                    s, o = src[a, b, i], out[a, b, i]
+                    for j in range(w):
+                        o[j] = s[j] + v
+
+    return types.SimpleNamespace(crop_add=crop_add,
+                                 backprop_relu=backprop_relu, sub_scaled=sub_scaled,
                                  softmax_cross_entropy=softmax_cross_entropy,
                                  max_pool2x2=max_pool2x2, max_pool2x2_nan=max_pool2x2_nan)

@@ -372,16 +372,15 @@ def _scratch(name, shape, dtype):
     return buf[:size].reshape(shape)
 
 
-def _zero_border(buf, n, h, w, interior):
-    """Zero everything of a (C, N·H·W + tail) grid buffer outside rows top:bottom and
-    columns left:right of each (H, W) image."""
-    top, bottom, left, right = interior
-    grid = buf[:, :n * h * w].reshape(buf.shape[0], n, h, w)
+def _place(grid, src, top, left):
+    """grid (C, N, H', W') = zeros with src (C, N, H, W) at rows top.., columns left..
+    (a copy and four strided zero fills: faster in NumPy than in one compiled loop)."""
+    h, w = src.shape[2:]
     grid[:, :, :top] = 0
-    grid[:, :, bottom:] = 0
-    grid[:, :, top:bottom, :left] = 0
-    grid[:, :, top:bottom, right:] = 0
-    buf[:, n * h * w:] = 0
+    grid[:, :, top + h:] = 0
+    grid[:, :, top:top + h, :left] = 0
+    grid[:, :, top:top + h, left + w:] = 0
+    grid[:, :, top:top + h, left:left + w] = src
 
 
 def _grid_columns(src, n0, nb, hs, ws, kernel, dilation, ho, out):
@@ -408,16 +407,17 @@ def _grid_conv(src, hs, ws, wmat, kernel, dilation, out, bias):
     nb = max(1, min(n, _GRID_COLS // (k * ho * ws)))
     cols = _scratch("cols", (k, nb * ho * ws), src.dtype)
     prod = _scratch("prod", (o, nb * ho * ws), src.dtype)
-    b = None if bias is None else bias.reshape(o, 1, 1, 1)
+    k = _numba.kernels()
     for n0 in range(0, n, nb):
         m = min(nb, n - n0)
         c = _grid_columns(src, n0, m, hs, ws, kernel, dilation, ho, cols)
-        p = np.matmul(wmat, c, out=prod[:, :m * ho * ws])
-        valid = p.reshape(o, m, ho, ws)[:, :, :, :wo]
-        if b is None:
-            out[:, n0:n0 + m] = valid
+        p = np.matmul(wmat, c, out=prod[:, :m * ho * ws]).reshape(o, m, ho, ws)
+        if k is not None and bias is not None:  # 2.5x NumPy's broadcast add
+            k.crop_add(p, out[:, n0:n0 + m], bias)
+        elif bias is None:
+            out[:, n0:n0 + m] = p[:, :, :, :wo]
         else:
-            np.add(valid, b, out=out[:, n0:n0 + m])
+            np.add(p[:, :, :, :wo], bias.reshape(o, 1, 1, 1), out=out[:, n0:n0 + m])
     return out
 
 
@@ -428,9 +428,8 @@ def _padded_grid(x, padding, tail):
     pt, pb, pl, pr = padding
     hp, wp = h + pt + pb, w + pl + pr
     buf = _scratch("xgrid", (c, n * hp * wp + tail), x.dtype)
-    _zero_border(buf, n, hp, wp, (pt, pt + h, pl, pl + w))
-    buf[:, :n * hp * wp].reshape(c, n, hp, wp)[:, :, pt:pt + h, pl:pl + w] = (
-        x.transpose(1, 0, 2, 3))
+    _place(buf[:, :n * hp * wp].reshape(c, n, hp, wp), x.transpose(1, 0, 2, 3), pt, pl)
+    buf[:, n * hp * wp:] = 0
     return buf
 
 
@@ -466,8 +465,7 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
     # dL/dweights: dL/dy on the input's grid (zero past each row's Wo columns) times
     # the input's columns, made again chunk by chunk
     gyw = _scratch("grid", (o, n, ho, wp), dt)
-    gyw[:, :, :, :wo] = gy
-    gyw[:, :, :, wo:] = 0
+    _place(gyw, gy, 0, 0)
     gyw2 = gyw.reshape(o, n * ho * wp)
     k = c * kh * kw
     nb = max(1, min(n, _GRID_COLS // (k * ho * wp)))
@@ -487,9 +485,8 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
     hq, wq = h + dh * (kh - 1), w + dw * (kw - 1)
     p, q = dh * (kh - 1) - pt, dw * (kw - 1) - pl
     gbuf = _scratch("grid", (o, n * hq * wq + dw * (kw - 1)), dt)  # gyw's memory
-    _zero_border(gbuf, n, hq, wq, (p, p + ho, q, q + wo))
-    gq = gbuf[:, :n * hq * wq].reshape(o, n, hq, wq)
-    gq[:, :, p:p + ho, q:q + wo] = gy
+    _place(gbuf[:, :n * hq * wq].reshape(o, n, hq, wq), gy, p, q)
+    gbuf[:, n * hq * wq:] = 0
     wflip = np.ascontiguousarray(s.weights[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
     gx = np.empty((c, n, h, w), dtype=dt)
     _grid_conv(gbuf, hq, wq, wflip.reshape(c, -1), s.kernel, s.dilation, gx, None)

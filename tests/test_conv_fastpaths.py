@@ -25,7 +25,7 @@ def _portable_conv(x, w, b, padding, dilation, g):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case", list(GRID_CASES))
-def test_grid_conv_equals_portable(rng, case, dtype, monkeypatch):
+def test_grid_conv_equals_portable(numpy_kernels, rng, case, dtype, monkeypatch):
     from backendnn.backends import numpy as npb
 
     (n, c, h, w), (o, kh, kw), padding, dilation = GRID_CASES[case]
