@@ -361,6 +361,22 @@ class Backend:
             return p
         return p - alpha * g
 
+    # One-pass optimiser updates. The optimisers spell their maths in array code (read
+    # it there); a backend with a fused kernel does the same operations, in the same
+    # order and dtype, in one pass, and returns True. The default has none.
+    def fused_sgd(self, p, g, buf, *, lr, momentum, dampening, weight_decay, nesterov,
+                  first) -> bool:
+        """SGD._update on p and its momentum buffer `buf` (None without momentum;
+        `first`: buf is new and takes the gradient), in place; False where not
+        available."""
+        return False
+
+    def fused_adam(self, p, g, m, v, vmax, *, beta1, beta2, eps, weight_decay, decoupled,
+                   decay, step_size, root2) -> bool:
+        """Adam._update on p and its moments m, v (and vmax, amsgrad's running maximum,
+        or None), in place; False where not available."""
+        return False
+
     def softmax_cross_entropy(self, logits, labels):
         """Fused log-softmax and negative log-likelihood, from logits shifted by their
         row max (exact for logits far apart).

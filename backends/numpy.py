@@ -94,6 +94,28 @@ class NumpyBackend(Backend):
             np.subtract(pf[i:j], step, out=pf[i:j])
         return p
 
+    def fused_sgd(self, p, g, buf, *, lr, momentum, dampening, weight_decay, nesterov,
+                  first):
+        k = _numba.kernels()
+        arrays = (p, g) if buf is None else (p, g, buf)
+        if k is None or not self.inplace or not _fusable(*arrays):
+            return False
+        b = p.reshape(-1) if buf is None else buf.reshape(-1)
+        k.sgd(p.reshape(-1), g.reshape(-1), b, lr, momentum, dampening, weight_decay,
+              nesterov, first)
+        return True
+
+    def fused_adam(self, p, g, m, v, vmax, *, beta1, beta2, eps, weight_decay, decoupled,
+                   decay, step_size, root2):
+        k = _numba.kernels()
+        arrays = (p, g, m, v) if vmax is None else (p, g, m, v, vmax)
+        if k is None or not self.inplace or not _fusable(*arrays):
+            return False
+        flat = [a.reshape(-1) for a in arrays]
+        k.adam(*flat[:4], flat[-1] if vmax is not None else flat[3], beta1, beta2, eps,
+               weight_decay, decoupled, decay, step_size, root2, vmax is not None)
+        return True
+
     def softmax_cross_entropy(self, logits, labels):
         """The fallback's maths; labels out of range raise IndexError (or wrap around
         if negative) instead of giving a zero one-hot row: check them first."""
@@ -189,6 +211,23 @@ def _flat(*arrays):
             return None
         views.append(v)
     return views
+
+
+def _fusable(*arrays) -> bool:
+    """Whether a fused update applies: float arrays of one dtype and shape, each
+    C-contiguous and none sharing memory with another."""
+    first = arrays[0]
+    if first.dtype.kind != "f":
+        return False
+    for a in arrays:
+        if (not isinstance(a, np.ndarray) or a.dtype != first.dtype or a.shape != first.shape
+                or not a.flags.c_contiguous):
+            return False
+    for i, a in enumerate(arrays):
+        for b in arrays[i + 1:]:
+            if np.may_share_memory(a, b):
+                return False
+    return True
 
 
 def _arange(n: int) -> np.ndarray:

@@ -430,3 +430,34 @@ def test_trainer_clips_before_each_step(backend, rng):
     backendnn.Trainer(model, SGD(model, lr=1.0), dl, max_grad_norm=1e-3).train(1, log_level=0)
     after = np.concatenate([host(backend, p.value).ravel() for p in model.parameters()])
     assert 0 < np.linalg.norm(after - before) <= 3 * 1e-3 * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] is not RMSprop], ids=case_id)
+def test_fused_updates_equal_the_array_code_bit_for_bit(case, dtype, monkeypatch):
+    """NumPy's one-pass SGD and Adam kernels (Numba) do the optimiser's operations in
+    its order and dtype: the same bits as the array code, step for step."""
+    from backendnn.backends import _numba
+
+    if _numba.kernels() is None:
+        pytest.skip("numba is not installed (pip install numba)")
+    cls, config = case
+    numpy = backends.get("numpy")
+    kernel = "fused_sgd" if cls is SGD else "fused_adam"
+    taken, method = [], getattr(type(numpy), kernel)
+
+    def spy(*args, **kw):
+        taken.append(method(*args, **kw))
+        return taken[-1]
+
+    monkeypatch.setattr(type(numpy), kernel, spy)
+    fused, fused_opt = run(numpy, cls, config, SCALES, np.random.default_rng(7), dtype=dtype)
+    assert taken and all(taken)  # every update went through the kernel
+    monkeypatch.setattr(_numba, "_KERNELS", False)
+    plain, plain_opt = run(numpy, cls, config, SCALES, np.random.default_rng(7), dtype=dtype)
+    for f, p in zip(fused.parameters(), plain.parameters()):
+        np.testing.assert_array_equal(f.value, p.value)
+    for f, p in zip(fused_opt.state, plain_opt.state):
+        assert f.keys() == p.keys()
+        for key in f:
+            np.testing.assert_array_equal(f[key], p[key], err_msg=key)

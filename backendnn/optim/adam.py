@@ -55,6 +55,14 @@ class Adam(Optimizer):
             if group["amsgrad"]:
                 state["max_exp_avg_sq"] = xp.zeros_like(p)
         step = state["step"] = state["step"] + 1
+        step_size = lr / (1.0 - beta1**step)
+        root2 = (1.0 - beta2**step) ** 0.5
+        if backend.fused_adam(p, g, state["exp_avg"], state["exp_avg_sq"],
+                              state.get("max_exp_avg_sq"), beta1=beta1, beta2=beta2,
+                              eps=group["eps"], weight_decay=weight_decay,
+                              decoupled=self.decoupled, decay=1.0 - lr * weight_decay,
+                              step_size=step_size, root2=root2):
+            return p  # the same operations as below, in one pass (backend kernel)
         if weight_decay:
             if self.decoupled:
                 p = _imul(p, 1.0 - lr * weight_decay, ip)
@@ -68,8 +76,7 @@ class Adam(Optimizer):
         v = state["exp_avg_sq"] = _iadd(_imul(state["exp_avg_sq"], beta2, ip), g2, ip)
         if group["amsgrad"]:
             v = state["max_exp_avg_sq"] = xp.maximum(state["max_exp_avg_sq"], v)
-        step_size = lr / (1.0 - beta1**step)
-        denom = _idiv(xp.sqrt(v), (1.0 - beta2**step) ** 0.5, ip)
+        denom = _idiv(xp.sqrt(v), root2, ip)
         denom = _iadd(denom, group["eps"], ip)
         return _isub(p, _imul(m / denom, step_size, ip), ip)
 
