@@ -98,8 +98,9 @@ class NumpyBackend(Backend):
                   first):
         k = _numba.kernels()
         arrays = (p, g) if buf is None else (p, g, buf)
-        if k is None or not self.inplace or not _fusable(*arrays):
-            return False
+        if (k is None or not self.inplace or not _fusable(*arrays)
+                or not (momentum or weight_decay or p.size >= _FUSED_SGD_MIN)):
+            return False  # plain SGD on a small array: NumPy's two passes cost less
         b = p.reshape(-1) if buf is None else buf.reshape(-1)
         k.sgd(p.reshape(-1), g.reshape(-1), b, lr, momentum, dampening, weight_decay,
               nesterov, first)
@@ -123,7 +124,7 @@ class NumpyBackend(Backend):
             return super().softmax_cross_entropy(logits, labels)
         n, c = logits.shape
         k = _numba.kernels()
-        if k is not None and labels.dtype.kind in "iu":
+        if k is not None and labels.dtype.kind in "iu" and n * c <= _NUMBA_CE_MAX:
             loss = np.empty(n, dtype=logits.dtype)
             e = np.empty((n, c), dtype=logits.dtype)
             k.softmax_cross_entropy(np.ascontiguousarray(logits),
@@ -186,6 +187,11 @@ class NumpyBackend(Backend):
 
 
 _CHUNK = 1 << 17  # elements per chunk of sub_scaled
+# Where the compiled kernels stop paying (measured on 2 cores): plain SGD below 32K
+# elements (a kernel call costs more than NumPy's two passes), cross-entropy above 32K
+# logits (NumPy's exp is SIMD, Numba's a scalar loop).
+_FUSED_SGD_MIN = 1 << 15
+_NUMBA_CE_MAX = 1 << 15
 _ONES: dict = {}  # (n, dtype) -> ones(n)
 _ROWS: dict = {}  # n -> arange(n)
 
