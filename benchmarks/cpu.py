@@ -39,7 +39,6 @@ import subprocess
 import sys
 import time
 
-from backendnn._table import render as render_table
 
 CASES = {
     "mlp": {"sizes": [784, 512, 256, 10], "batch": 256,
@@ -99,6 +98,11 @@ def _backendnn_model(sizes, root=None, backend="numpy"):
     root = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, root)
     import backendnn as bn
+
+    if not os.path.abspath(bn.__file__).startswith(os.path.join(os.path.abspath(root), "")):
+        msg = (f"this worker imported backendnn from {bn.__file__}, not from {root}: "
+               "nothing may import backendnn before _backendnn_model")
+        raise RuntimeError(msg)
 
     bn.seed(0)
     layers = []
@@ -539,7 +543,9 @@ def table(rows: list[dict], markdown: bool = False) -> str:
 
 def render(header: list, cells: list, markdown: bool) -> str:
     """A table of strings as Markdown, or as right-aligned text columns."""
-    return render_table([header, *cells], align="right", markdown=markdown)
+    from backendnn._table import render  # here: a worker must import its own checkout
+
+    return render([header, *cells], align="right", markdown=markdown)
 
 
 def machine(threads: int) -> dict:

@@ -24,6 +24,29 @@ def test_cpu_benchmark_prints_its_table(tmp_path):
     assert "| tiny |" in md.read_text()
 
 
+def test_cpu_benchmark_baseline_runs_its_own_checkout(tmp_path):
+    """`--baseline DIR` times the code in DIR: its worker imports backendnn from there,
+    not this checkout's (a copy whose Linear is marked shows it)."""
+    import shutil
+
+    base = tmp_path / "base"
+    for part in ("backendnn", "backends"):
+        shutil.copytree(os.path.join(ROOT, part), base / part,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(os.path.join(ROOT, "pyproject.toml"), base)  # a checkout: backends/ joins
+    linear = base / "backendnn" / "layers" / "linear.py"
+    linear.write_text(linear.read_text() + "\nBASELINE_MARK = True\n")
+    code = ("import runpy, sys; cpu = runpy.run_path('benchmarks/cpu.py'); "
+            f"cpu['_backendnn_model']([4, 3], {str(base)!r}); "
+            "import backendnn.layers.linear as m, backendnn.backends.numpy as b; "
+            "print(getattr(m, 'BASELINE_MARK', False), b.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    marked, backend_file = out.stdout.split()
+    assert marked == "True" and backend_file.startswith(str(base))
+
+
 def _gpu_module():
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
