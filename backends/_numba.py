@@ -1,9 +1,10 @@
 """Fused single-pass kernels for the NumPy backend, compiled by Numba.
 
 NumPy spends one pass over memory per operation: `grad * (y > 0)` is two, 2x2 max
-pooling with winner indices nine (strided ones), softmax cross-entropy six. Each kernel
-here reads its inputs once and writes its outputs once. They run on the calling thread
-and release the GIL.
+pooling with winner indices nine (strided ones), softmax cross-entropy six, an Adam
+update eleven. Each kernel here reads its inputs once and writes its outputs once, in
+the NumPy spelling's order of operations and dtype (the optimiser updates give the same
+bits). They run on the calling thread and release the GIL.
 
 Numba is optional: `kernels()` is None where it is not installed, or where the
 environment sets BACKENDNN_NUMBA=0, and the backend then takes its NumPy spelling
@@ -49,14 +50,6 @@ def _compile():
         zero = out.dtype.type(0)
         for i in range(out.size):
             out[i] = grad[i] if y[i] > 0 else zero
-
-    @jit
-    def sub_scaled(p, g, alpha):
-        """p -= alpha * g in p's dtype, the product rounded first, as NumPy's
-        `p -= alpha * g` (1-D views)."""
-        a = p.dtype.type(alpha)
-        for i in range(p.size):
-            p[i] = p[i] - a * g[i]
 
     @jit
     def sgd(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
@@ -195,6 +188,6 @@ def _compile():
                         o[j] = s[j] + v
 
     return types.SimpleNamespace(crop_add=crop_add, sgd=sgd, adam=adam,
-                                 backprop_relu=backprop_relu, sub_scaled=sub_scaled,
+                                 backprop_relu=backprop_relu,
                                  softmax_cross_entropy=softmax_cross_entropy,
                                  max_pool2x2=max_pool2x2, max_pool2x2_nan=max_pool2x2_nan)

@@ -78,10 +78,6 @@ class NumpyBackend(Backend):
         step's memory peak), at the same speed on an L2-sized weight."""
         if not self.inplace:
             return super().sub_scaled(p, g, alpha)
-        if (p.dtype == g.dtype and p.shape == g.shape and p.flags.c_contiguous
-                and g.flags.c_contiguous and _numba.kernels() is not None):
-            _numba.kernels().sub_scaled(p.reshape(-1), g.reshape(-1), alpha)
-            return p
         n = p.size
         if (n <= _CHUNK or p.dtype != g.dtype or p.shape != g.shape
                 or not (p.flags.c_contiguous and g.flags.c_contiguous)):
@@ -96,11 +92,12 @@ class NumpyBackend(Backend):
 
     def fused_sgd(self, p, g, buf, *, lr, momentum, dampening, weight_decay, nesterov,
                   first):
+        if not (momentum or weight_decay or p.size >= _FUSED_SGD_MIN):
+            return False  # plain SGD on a small array: NumPy's two passes cost less
         k = _numba.kernels()
         arrays = (p, g) if buf is None else (p, g, buf)
-        if (k is None or not self.inplace or not _fusable(*arrays)
-                or not (momentum or weight_decay or p.size >= _FUSED_SGD_MIN)):
-            return False  # plain SGD on a small array: NumPy's two passes cost less
+        if k is None or not self.inplace or not _fusable(*arrays):
+            return False
         b = p.reshape(-1) if buf is None else buf.reshape(-1)
         k.sgd(p.reshape(-1), g.reshape(-1), b, lr, momentum, dampening, weight_decay,
               nesterov, first)
