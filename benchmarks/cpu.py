@@ -266,15 +266,24 @@ def floor_step(lib, sizes, x):
 
 
 def _make(name: str, case: str, threads: int, small: bool = False):
-    sizes = [8, 8, 4] if small else CASES[case]["sizes"]
-    if not small and "convs" in CASES[case]:
-        sizes = CASES[case]
+    """The contender's step on the case's batch; `small`: a miniature of the network
+    (the same kinds of layer, width 8 or 4 channels, 8x8 images, batch 4), which warms
+    each library's kernels up before peak memory is measured."""
     if small:
-        import numpy as np
-
-        x = np.random.default_rng(0).standard_normal((4, 8), dtype=np.float32)
-        y = np.arange(4) % 4
+        spec = CASES[case]
+        tiny = {**spec, "batch": 4, "sizes": [8, 8, 4]}
+        if "convs" in spec:
+            tiny.update(image=(spec["image"][0], 8, 8), sizes=[spec["image"][0] * 64, 4])
+            chans = spec["image"][0]
+            convs = []
+            for c in spec["convs"]:
+                convs.append(c if c == "pool" else (chans, 4))
+                chans = chans if c == "pool" else 4
+            tiny["convs"] = convs
+        sizes = tiny if "convs" in tiny else tiny["sizes"]
+        x, y = _data("small", {"small": tiny})
     else:
+        sizes = CASES[case] if "convs" in CASES[case] else CASES[case]["sizes"]
         x, y = _data(case)
     if name == "backendnn":
         return _make_backendnn(sizes, x, y)
@@ -327,6 +336,17 @@ def _worker(name: str, case: str, threads: int) -> None:
         _send({"times": times})
 
 
+def _trim_heap() -> None:
+    """Give the warm-up's freed memory back to the OS (glibc), so that the model's
+    allocations raise the RSS instead of landing in it unseen."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _memory_worker(name: str, case: str, threads: int, steps: int = 5) -> None:
     """Peak RSS increase (bytes) of building the model and running `steps` steps."""
     import gc
@@ -334,6 +354,7 @@ def _memory_worker(name: str, case: str, threads: int, steps: int = 5) -> None:
 
     _make(name, case, threads, small=True)()
     gc.collect()
+    _trim_heap()
     unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, else KiB
     try:
         base = _status_kib("VmRSS") * 1024
