@@ -364,11 +364,11 @@ class Backend:
     # One-pass optimiser updates. The optimisers spell their maths in array code (read
     # it there); a backend with a fused kernel does the same operations, in the same
     # order and dtype, in one pass, and returns True. The default has none.
-    def fused_sgd(self, p, g, buf, *, lr, momentum, dampening, weight_decay, nesterov,
-                  first) -> bool:
-        """SGD._update on p and its momentum buffer `buf` (None without momentum;
-        `first`: buf is new and takes the gradient), in place; False where not
-        available."""
+    def fused_sgd(self, p, g, buf, *, lr, momentum, dampening, weight_decay,
+                  nesterov) -> bool:
+        """SGD._update on p and its momentum buffer `buf` (None without momentum; the
+        first step, which makes the buffer, is the optimiser's), in place; False where
+        not available."""
         return False
 
     def fused_adam(self, p, g, m, v, vmax, *, beta1, beta2, eps, weight_decay, decoupled,

@@ -52,11 +52,11 @@ def _compile():
             out[i] = grad[i] if y[i] > 0 else zero
 
     @jit
-    def sgd(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
-        """SGD._update in one pass over 1-D views, operation for operation in p's
-        dtype: g' = p * wd + g; buf = g' (first step) or buf * momentum + g' * (1 -
-        dampening); d = buf * momentum + g' (Nesterov), buf, or g'; p -= d * lr.
-        `buf` is unused without momentum."""
+    def sgd(p, g, buf, lr, momentum, dampening, weight_decay, nesterov):
+        """SGD._update after its first step, in one pass over 1-D views, operation for
+        operation in p's dtype: g' = p * wd + g; buf = buf * momentum + g' * (1 -
+        dampening); d = buf * momentum + g' (Nesterov), or buf; p -= d * lr. Without
+        momentum d = g' and `buf` is unused."""
         t = p.dtype.type
         lr_, mom, keep, wd = t(lr), t(momentum), t(1.0 - dampening), t(weight_decay)
         for i in range(p.size):
@@ -64,9 +64,7 @@ def _compile():
             if weight_decay != 0.0:
                 gi = p[i] * wd + gi
             if momentum != 0.0:
-                if first:
-                    b = gi
-                elif dampening != 0.0:
+                if dampening != 0.0:
                     b = buf[i] * mom + gi * keep
                 else:
                     b = buf[i] * mom + gi

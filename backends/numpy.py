@@ -90,8 +90,7 @@ class NumpyBackend(Backend):
             np.subtract(pf[i:j], step, out=pf[i:j])
         return p
 
-    def fused_sgd(self, p, g, buf, *, lr, momentum, dampening, weight_decay, nesterov,
-                  first):
+    def fused_sgd(self, p, g, buf, *, lr, momentum, dampening, weight_decay, nesterov):
         if not (momentum or weight_decay or p.size >= _FUSED_SGD_MIN):
             return False  # plain SGD on a small array: NumPy's two passes cost less
         k = _numba.kernels()
@@ -100,7 +99,7 @@ class NumpyBackend(Backend):
             return False
         b = p.reshape(-1) if buf is None else buf.reshape(-1)
         k.sgd(p.reshape(-1), g.reshape(-1), b, lr, momentum, dampening, weight_decay,
-              nesterov, first)
+              nesterov)
         return True
 
     def fused_adam(self, p, g, m, v, vmax, *, beta1, beta2, eps, weight_decay, decoupled,
@@ -155,7 +154,7 @@ class NumpyBackend(Backend):
         if x.dtype.kind != "f" or x.dtype != weights.dtype:
             return super().conv2d(x, weights, bias, stride, padding, dilation, groups)
         if grid_fits(x.shape, weights.shape, stride, padding, dilation, groups):
-            return conv2d_grid(x, weights, bias, padding, dilation, workspace)
+            return conv2d_grid(x, weights, bias, padding, dilation)
         return conv2d_columns(np, x, weights, bias, stride, padding, dilation, groups,
                               workspace)
 
@@ -382,7 +381,7 @@ def backprop_max_pool2d_slices(lib, backend, grad, saved):
 # col2im, no scattered adds). The padded grids, columns and products are per-thread
 # scratch buffers shared by every layer (`_scratch`), as large as the largest layer's.
 _GRID_COLS = 1 << 20  # elements of a column chunk (4 MiB in float32)
-_SCRATCH = threading.local()  # per-thread buffers that live within one call
+_SCRATCH = threading.local()  # per-thread buffers used within one call, kept for the next
 
 
 class _GridSaved:
@@ -449,13 +448,13 @@ def _grid_conv(src, hs, ws, wmat, kernel, dilation, out, bias):
     nb = max(1, min(n, _GRID_COLS // (k * ho * ws)))
     cols = _scratch("cols", (k, nb * ho * ws), src.dtype)
     prod = _scratch("prod", (o, nb * ho * ws), src.dtype)
-    k = _numba.kernels()
+    compiled = _numba.kernels()
     for n0 in range(0, n, nb):
         m = min(nb, n - n0)
         c = _grid_columns(src, n0, m, hs, ws, kernel, dilation, ho, cols)
         p = np.matmul(wmat, c, out=prod[:, :m * ho * ws]).reshape(o, m, ho, ws)
-        if k is not None and bias is not None:  # 2.5x NumPy's broadcast add
-            k.crop_add(p, out[:, n0:n0 + m], bias)
+        if compiled is not None and bias is not None:  # 2.5x NumPy's broadcast add
+            compiled.crop_add(p, out[:, n0:n0 + m], bias)
         elif bias is None:
             out[:, n0:n0 + m] = p[:, :, :, :wo]
         else:
@@ -475,7 +474,7 @@ def _padded_grid(x, padding, tail):
     return buf
 
 
-def conv2d_grid(x, weights, bias, padding, dilation, workspace=None):
+def conv2d_grid(x, weights, bias, padding, dilation):
     """The stride-1 convolution on the padded grid; keeps x itself (which the layer
     before usually keeps anyway) and pads it again in backward, instead of keeping the
     padded copy."""

@@ -38,13 +38,9 @@ class SGD(Optimizer):
         ip = backend.inplace
         momentum, weight_decay = group["momentum"], group["weight_decay"]
         buf = state.get("momentum_buffer")
-        new_buf = backend.xp.empty_like(p) if momentum and buf is None else None
-        if backend.fused_sgd(p, g, buf if new_buf is None else new_buf, lr=group["lr"],
-                             momentum=momentum, dampening=group["dampening"],
-                             weight_decay=weight_decay, nesterov=group["nesterov"],
-                             first=new_buf is not None):
-            if new_buf is not None:
-                state["momentum_buffer"] = new_buf
+        if (buf is not None or not momentum) and backend.fused_sgd(
+                p, g, buf, lr=group["lr"], momentum=momentum, dampening=group["dampening"],
+                weight_decay=weight_decay, nesterov=group["nesterov"]):
             return p  # the same operations as below, in one pass (backend kernel)
         owned = False  # whether g is a temporary of ours, free to scale in place
         if weight_decay:
