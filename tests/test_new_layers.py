@@ -48,34 +48,44 @@ def check_output(backend, y, like):
 # --- BatchNorm1d ---------------------------------------------------------------
 
 
+def affine_norm_matches_torch(backend, layer, t_layer, x, g, gamma, beta):
+    """Forward and backward of a backendnn normalisation layer (gamma, beta) against
+    its torch twin (weight, bias) on the same x and upstream gradient g."""
+    import torch
+
+    layer.gamma, layer.beta = put(backend, gamma), put(backend, beta)
+    xb = put(backend, x)
+    y = layer(xb)
+    dx = layer.backward(put(backend, g))
+    t_layer = t_layer.double()
+    with torch.no_grad():
+        t_layer.weight.copy_(torch.tensor(gamma))
+        t_layer.bias.copy_(torch.tensor(beta))
+    xt = ref(x)
+    yt = t_layer(xt)
+    yt.backward(torch.tensor(g))
+    check_output(backend, y, xb)
+    check_output(backend, dx, xb)
+    np.testing.assert_allclose(host(backend, y), yt.detach().numpy(), **F32)
+    np.testing.assert_allclose(host(backend, dx), xt.grad.numpy(), **F32)
+    np.testing.assert_allclose(host(backend, layer.grad_gamma), t_layer.weight.grad.numpy(),
+                               **F32)
+    np.testing.assert_allclose(host(backend, layer.grad_beta), t_layer.bias.grad.numpy(),
+                               **F32)
+    assert layer.grad_gamma.dtype == xb.dtype
+    return t_layer
+
+
 @pytest.mark.parametrize("shape", [(16, 5), (6, 5, 3)], ids=["2d", "3d"])
 def test_batchnorm_train_matches_torch(torch, backend, rng, shape):
     x = rng.normal(1.0, 3.0, shape)
     g = rng.normal(size=shape)
     gamma, beta = rng.normal(size=5), rng.normal(size=5)
     bn = BatchNorm1d(5, backend=backend)
-    bn.gamma, bn.beta = put(backend, gamma), put(backend, beta)
-    xb = put(backend, x)
-    y = bn(xb)
-    dx = bn.backward(put(backend, g))
-
-    tbn = torch.nn.BatchNorm1d(5).double()
-    with torch.no_grad():
-        tbn.weight.copy_(torch.tensor(gamma))
-        tbn.bias.copy_(torch.tensor(beta))
-    xt = ref(x)
-    yt = tbn(xt)
-    yt.backward(torch.tensor(g))
-    n = shape[0]
-    check_output(backend, y, xb)
-    check_output(backend, dx, xb)
-    np.testing.assert_allclose(host(backend, y), yt.detach().numpy(), **F32)
-    np.testing.assert_allclose(host(backend, dx), xt.grad.numpy(), **F32)
-    np.testing.assert_allclose(host(backend, bn.grad_gamma), tbn.weight.grad.numpy(), **F32)
-    np.testing.assert_allclose(host(backend, bn.grad_beta), tbn.bias.grad.numpy(), **F32)
+    tbn = affine_norm_matches_torch(backend, bn, torch.nn.BatchNorm1d(5), x, g, gamma, beta)
     np.testing.assert_allclose(host(backend, bn.running_mean), tbn.running_mean.numpy(), **F32)
     np.testing.assert_allclose(host(backend, bn.running_var), tbn.running_var.numpy(), **F32)
-    assert bn.grad_gamma.dtype == xb.dtype and bn.running_var.dtype == xb.dtype
+    assert bn.running_var.dtype == bn.gamma.dtype
 
 
 def test_batchnorm_running_stats_and_eval_match_torch(torch, backend, rng):
@@ -122,27 +132,8 @@ def test_layernorm_matches_torch(torch, backend, rng, shape):
     x = rng.normal(-1.0, 2.0, shape)
     g = rng.normal(size=shape)
     gamma, beta = rng.normal(size=5), rng.normal(size=5)
-    ln = LayerNorm(5, backend=backend)
-    ln.gamma, ln.beta = put(backend, gamma), put(backend, beta)
-    xb = put(backend, x)
-    y = ln(xb)
-    dx = ln.backward(put(backend, g))
-
-    tln = torch.nn.LayerNorm(5).double()
-    with torch.no_grad():
-        tln.weight.copy_(torch.tensor(gamma))
-        tln.bias.copy_(torch.tensor(beta))
-    xt = ref(x)
-    yt = tln(xt)
-    yt.backward(torch.tensor(g))
-    n = shape[0]
-    check_output(backend, y, xb)
-    check_output(backend, dx, xb)
-    np.testing.assert_allclose(host(backend, y), yt.detach().numpy(), **F32)
-    np.testing.assert_allclose(host(backend, dx), xt.grad.numpy(), **F32)
-    np.testing.assert_allclose(host(backend, ln.grad_gamma), tln.weight.grad.numpy(), **F32)
-    np.testing.assert_allclose(host(backend, ln.grad_beta), tln.bias.grad.numpy(), **F32)
-    assert ln.grad_gamma.dtype == xb.dtype
+    affine_norm_matches_torch(backend, LayerNorm(5, backend=backend), torch.nn.LayerNorm(5),
+                              x, g, gamma, beta)
 
 
 def test_layernorm_without_affine(torch, backend, rng):
