@@ -377,6 +377,12 @@ class Backend:
         or None), in place; False where not available."""
         return False
 
+    def fused_rmsprop(self, p, g, square_avg, grad_avg, momentum_buffer, *, lr, alpha, eps,
+                      weight_decay, momentum) -> bool:
+        """RMSprop._update on p and its state (grad_avg None unless centered,
+        momentum_buffer None without momentum), in place; False where not available."""
+        return False
+
     def softmax_cross_entropy(self, logits, labels):
         """Fused log-softmax and negative log-likelihood, from logits shifted by their
         row max (exact for logits far apart).

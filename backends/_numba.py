@@ -99,6 +99,34 @@ def _compile():
             p[i] = pi - (mi / (np.sqrt(vi) / root2_ + eps_)) * step_
 
     @jit
+    def rmsprop(p, g, s, a, b, lr, alpha, eps, weight_decay, momentum, centered):
+        """RMSprop._update in one pass over 1-D views, operation for operation in p's
+        dtype; `a` (grad_avg) is used when centered, `b` (momentum buffer) when
+        momentum > 0."""
+        t = p.dtype.type
+        lr_, al, one_al, eps_, wd, mom = (t(lr), t(alpha), t(1.0 - alpha), t(eps),
+                                          t(weight_decay), t(momentum))
+        minus = t(-1.0)
+        for i in range(p.size):
+            gi = g[i]
+            if weight_decay != 0.0:
+                gi = p[i] * wd + gi
+            si = s[i] * al + (gi * gi) * one_al
+            s[i] = si
+            if centered:
+                ai = (a[i] - gi) * al + gi
+                a[i] = ai
+                di = np.sqrt((ai * ai) * minus + si) + eps_
+            else:
+                di = np.sqrt(si) + eps_
+            if momentum > 0.0:
+                bi = b[i] * mom + gi / di
+                b[i] = bi
+                p[i] = p[i] - bi * lr_
+            else:
+                p[i] = p[i] - (gi / di) * lr_
+
+    @jit
     def softmax_cross_entropy(logits, labels, loss, e):
         """Per row r of logits (n, c): loss[r] = logsumexp - logits[r, labels[r]] and
         e[r] = softmax - onehot, from the row's maximum, in the logits' dtype as the
@@ -185,7 +213,7 @@ def _compile():
                     for j in range(w):
                         o[j] = s[j] + v
 
-    return types.SimpleNamespace(crop_add=crop_add, sgd=sgd, adam=adam,
+    return types.SimpleNamespace(crop_add=crop_add, sgd=sgd, adam=adam, rmsprop=rmsprop,
                                  backprop_relu=backprop_relu,
                                  softmax_cross_entropy=softmax_cross_entropy,
                                  max_pool2x2=max_pool2x2, max_pool2x2_nan=max_pool2x2_nan)

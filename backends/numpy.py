@@ -113,6 +113,19 @@ class NumpyBackend(Backend):
                weight_decay, decoupled, decay, step_size, root2, vmax is not None)
         return True
 
+    def fused_rmsprop(self, p, g, square_avg, grad_avg, momentum_buffer, *, lr, alpha, eps,
+                      weight_decay, momentum):
+        k = _numba.kernels()
+        arrays = [a for a in (p, g, square_avg, grad_avg, momentum_buffer) if a is not None]
+        if k is None or not self.inplace or not _fusable(*arrays):
+            return False
+        flat = {id(a): a.reshape(-1) for a in arrays}
+        s = flat[id(square_avg)]
+        k.rmsprop(flat[id(p)], flat[id(g)], s, s if grad_avg is None else flat[id(grad_avg)],
+                  s if momentum_buffer is None else flat[id(momentum_buffer)], lr, alpha, eps,
+                  weight_decay, momentum, grad_avg is not None)
+        return True
+
     def softmax_cross_entropy(self, logits, labels):
         """The fallback's maths; labels out of range raise IndexError (or wrap around
         if negative) instead of giving a zero one-hot row: check them first."""

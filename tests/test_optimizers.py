@@ -433,10 +433,10 @@ def test_trainer_clips_before_each_step(backend, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", [c for c in CASES if c[0] is not RMSprop], ids=case_id)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_fused_updates_equal_the_array_code_bit_for_bit(case, dtype, monkeypatch):
-    """NumPy's one-pass SGD and Adam kernels (Numba) do the optimiser's operations in
-    its order and dtype: the same bits as the array code, step for step."""
+    """NumPy's one-pass SGD, Adam and RMSprop kernels (Numba) do the optimiser's
+    operations in its order and dtype: the same bits as the array code, step for step."""
     from backendnn.backends import _numba
     from backendnn.backends import numpy as numpy_module
 
@@ -445,7 +445,7 @@ def test_fused_updates_equal_the_array_code_bit_for_bit(case, dtype, monkeypatch
     monkeypatch.setattr(numpy_module, "_FUSED_SGD_MIN", 0)  # plain SGD too, on small arrays
     cls, config = case
     numpy = backends.get("numpy")
-    kernel = "fused_sgd" if cls is SGD else "fused_adam"
+    kernel = {SGD: "fused_sgd", RMSprop: "fused_rmsprop"}.get(cls, "fused_adam")
     taken, method = [], getattr(type(numpy), kernel)
 
     def spy(*args, **kw):

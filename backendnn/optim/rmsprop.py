@@ -51,6 +51,11 @@ class RMSprop(Optimizer):
             if group["centered"]:
                 state["grad_avg"] = xp.zeros_like(p)
         state["step"] += 1
+        if backend.fused_rmsprop(p, g, state["square_avg"], state.get("grad_avg"),
+                                 state.get("momentum_buffer"), lr=group["lr"], alpha=alpha,
+                                 eps=group["eps"], weight_decay=group["weight_decay"],
+                                 momentum=momentum):
+            return p  # the same operations as below, in one pass (backend kernel)
         if group["weight_decay"]:
             g = _iadd(p * group["weight_decay"], g, ip)
         g2 = _imul(g * g, 1.0 - alpha, ip)
