@@ -55,7 +55,8 @@ class NumpyBackend(Backend):
         """grad where y > 0, else 0, in one pass (Numba); without Numba grad * (y > 0),
         the fallback's values wherever grad is finite."""
         k = _numba.kernels()
-        if k is not None and grad.dtype == y.dtype and grad.strides == y.strides:
+        if (k is not None and grad.dtype == y.dtype and grad.dtype.isnative
+                and grad.strides == y.strides):
             out = np.empty_like(grad)
             flat = _flat(grad, y, out) if out.strides == grad.strides else None
             if flat is not None:
@@ -133,7 +134,8 @@ class NumpyBackend(Backend):
             return super().softmax_cross_entropy(logits, labels)
         n, c = logits.shape
         k = _numba.kernels()
-        if k is not None and labels.dtype.kind in "iu" and n * c <= _NUMBA_CE_MAX:
+        if (k is not None and labels.dtype.kind in "iu" and logits.dtype.isnative
+                and n * c <= _NUMBA_CE_MAX):
             loss = np.empty(n, dtype=logits.dtype)
             e = np.empty((n, c), dtype=logits.dtype)
             k.softmax_cross_entropy(np.ascontiguousarray(logits),
@@ -229,10 +231,10 @@ def _flat(*arrays):
 
 
 def _fusable(*arrays) -> bool:
-    """Whether a fused update applies: float arrays of one dtype and shape, each
-    C-contiguous and none sharing memory with another."""
+    """Whether a fused update applies: float arrays of one native-endian dtype and one
+    shape, each C-contiguous and none sharing memory with another."""
     first = arrays[0]
-    if first.dtype.kind != "f":
+    if first.dtype.kind != "f" or not first.dtype.isnative:
         return False
     for a in arrays:
         if (not isinstance(a, np.ndarray) or a.dtype != first.dtype or a.shape != first.shape
@@ -466,7 +468,9 @@ def _grid_conv(src, hs, ws, wmat, kernel, dilation, out, bias):
         m = min(nb, n - n0)
         c = _grid_columns(src, n0, m, hs, ws, kernel, dilation, ho, cols)
         p = np.matmul(wmat, c, out=prod[:, :m * ho * ws]).reshape(o, m, ho, ws)
-        if compiled is not None and bias is not None:  # 2.5x NumPy's broadcast add
+        if (compiled is not None and bias is not None and bias.dtype == p.dtype
+                and p.dtype.isnative):
+            # 2.5x NumPy's broadcast add
             compiled.crop_add(p, out[:, n0:n0 + m], bias)
         elif bias is None:
             out[:, n0:n0 + m] = p[:, :, :, :wo]
@@ -553,7 +557,7 @@ def max_pool2d_2x2(x):
     C-contiguous (the result keeps that layout); else the pairwise maxima below."""
     k = _numba.kernels()
     n, c, h, w = x.shape
-    if k is not None:
+    if k is not None and x.dtype.isnative:
         for axes in ((0, 1, 2, 3), (1, 0, 2, 3)):
             xt = x.transpose(axes)
             if xt.flags.c_contiguous:

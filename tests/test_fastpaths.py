@@ -244,3 +244,34 @@ def test_torch_backend_on_cuda_is_a_gpu_path(rng):
     nb = get("numpy")
     backendnn.seed(3)
     np.testing.assert_array_equal(got, nb.device_bernoulli(0.3, (256, 512)))
+
+
+def test_numpy_kernels_take_big_endian_arrays(numpy_kernels, rng):
+    """Arrays in the other byte order (read from a file, say) take the NumPy spelling:
+    the same values as native ones, no error from the compiled kernels."""
+    be = get("numpy")
+    z = rng.normal(0, 1, (6, 4)).astype(np.float32)
+    x = rng.normal(0, 1, (2, 3, 4, 4)).astype(np.float32)
+    w = rng.normal(0, 1, (2, 3, 3, 3)).astype(np.float32)
+    b = rng.normal(0, 1, 2).astype(np.float32)
+    labels = rng.integers(0, 4, 6)
+
+    def swapped(a):
+        return a.astype(a.dtype.newbyteorder(">"))
+
+    pairs = [
+        (be.softmax_cross_entropy(z, labels), be.softmax_cross_entropy(swapped(z), labels)),
+        (be.backprop_relu(z, be.relu(z)), be.backprop_relu(swapped(z), swapped(be.relu(z)))),
+        (be.max_pool2d(x, (2, 2), (2, 2), (0, 0, 0, 0))[0],
+         be.max_pool2d(swapped(x), (2, 2), (2, 2), (0, 0, 0, 0))[0]),
+        (be.conv2d(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1)[0],
+         be.conv2d(swapped(x), swapped(w), swapped(b), (1, 1), (1, 1, 1, 1), (1, 1), 1)[0]),
+    ]
+    for native, other in pairs:
+        for f, s in zip(native if isinstance(native, tuple) else (native,),
+                        other if isinstance(other, tuple) else (other,)):
+            np.testing.assert_allclose(s, f, rtol=1e-6, atol=1e-6)
+    p, g = z.copy(), rng.normal(0, 1, z.shape).astype(np.float32)
+    ps = swapped(p)
+    assert be.fused_sgd(ps, swapped(g), swapped(np.zeros_like(p)), lr=0.1, momentum=0.9,
+                        dampening=0.0, weight_decay=0.0, nesterov=False) is False
