@@ -231,14 +231,16 @@ def _flat(*arrays):
 
 
 def _fusable(*arrays) -> bool:
-    """Whether a fused update applies: float arrays of one native-endian dtype and one
-    shape, each C-contiguous and none sharing memory with another."""
+    """Whether a fused update applies to (p, g, state...): float arrays of one
+    native-endian dtype and one shape, each C-contiguous, all but g writable, and none
+    sharing memory with another (else NumPy's spelling runs, and raises what it
+    raises)."""
     first = arrays[0]
     if first.dtype.kind != "f" or not first.dtype.isnative:
         return False
-    for a in arrays:
+    for i, a in enumerate(arrays):
         if (not isinstance(a, np.ndarray) or a.dtype != first.dtype or a.shape != first.shape
-                or not a.flags.c_contiguous):
+                or not a.flags.c_contiguous or (i != 1 and not a.flags.writeable)):
             return False
     for i, a in enumerate(arrays):
         for b in arrays[i + 1:]:
