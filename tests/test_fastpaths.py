@@ -275,3 +275,21 @@ def test_numpy_kernels_take_big_endian_arrays(numpy_kernels, rng):
     ps = swapped(p)
     assert be.fused_sgd(ps, swapped(g), swapped(np.zeros_like(p)), lr=0.1, momentum=0.9,
                         dampening=0.0, weight_decay=0.0, nesterov=False) is False
+
+
+def test_fused_updates_leave_read_only_state_to_numpy(numpy_kernels):
+    """A read-only parameter is not written by a compiled kernel: the update falls back
+    to NumPy's spelling, which raises NumPy's own error; a read-only gradient is fine."""
+    be = get("numpy")
+    p, g = np.ones((200, 200), np.float32), np.ones((200, 200), np.float32)
+    g.flags.writeable = False
+    taken = be.fused_sgd(p, g, None, lr=0.5, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                         nesterov=False)
+    assert taken is (numpy_kernels == "numba")
+    if taken:
+        np.testing.assert_array_equal(p, 0.5)
+    p.flags.writeable = False
+    assert be.fused_sgd(p, np.ones_like(p), None, lr=0.5, momentum=0.0, dampening=0.0,
+                        weight_decay=0.0, nesterov=False) is False
+    with pytest.raises(ValueError, match="read-only"):
+        be.sub_scaled(p, np.ones_like(p), 0.5)
