@@ -56,7 +56,7 @@ def _compile():
         """SGD._update after its first step, in one pass over 1-D views, operation for
         operation in p's dtype: g' = p * wd + g; buf = buf * momentum + g' * (1 -
         dampening); d = buf * momentum + g' (Nesterov), or buf; p -= d * lr. Without
-        momentum d = g' and `buf` is unused."""
+        momentum d = g' and `buf` (then empty) is not read."""
         t = p.dtype.type
         lr_, mom, keep, wd = t(lr), t(momentum), t(1.0 - dampening), t(weight_decay)
         for i in range(p.size):
@@ -77,7 +77,8 @@ def _compile():
              step_size, root2, amsgrad):
         """Adam._update in one pass over 1-D views, operation for operation in p's
         dtype: `decay` (1 - lr * weight_decay, for decoupled weight decay), `step_size`
-        and `root2` (the bias corrections) come computed as there."""
+        and `root2` (the bias corrections) come computed as there; `vmax` is empty, and
+        not read, without amsgrad."""
         t = p.dtype.type
         b1, b2, one_b2, eps_ = t(beta1), t(beta2), t(1.0 - beta2), t(eps)
         wd, decay_, step_, root2_ = t(weight_decay), t(decay), t(step_size), t(root2)
@@ -101,8 +102,8 @@ def _compile():
     @jit
     def rmsprop(p, g, s, a, b, lr, alpha, eps, weight_decay, momentum, centered):
         """RMSprop._update in one pass over 1-D views, operation for operation in p's
-        dtype; `a` (grad_avg) is used when centered, `b` (momentum buffer) when
-        momentum > 0."""
+        dtype; `a` (grad_avg) is read when centered, `b` (momentum buffer) when
+        momentum > 0 (else they are empty)."""
         t = p.dtype.type
         lr_, al, one_al, eps_, wd, mom = (t(lr), t(alpha), t(1.0 - alpha), t(eps),
                                           t(weight_decay), t(momentum))

@@ -94,38 +94,36 @@ class NumpyBackend(Backend):
     def fused_sgd(self, p, g, buf, *, lr, momentum, dampening, weight_decay, nesterov):
         if not (momentum or weight_decay or p.size >= _FUSED_SGD_MIN):
             return False  # plain SGD on a small array: NumPy's two passes cost less
-        k = _numba.kernels()
-        arrays = (p, g) if buf is None else (p, g, buf)
-        if k is None or not self.inplace or not _fusable(*arrays):
-            return False
-        b = p.reshape(-1) if buf is None else buf.reshape(-1)
-        k.sgd(p.reshape(-1), g.reshape(-1), b, lr, momentum, dampening, weight_decay,
-              nesterov)
-        return True
+        views = self._fused_views(p, g, buf)
+        if views is not None:
+            _numba.kernels().sgd(*views, lr, momentum, dampening, weight_decay, nesterov)
+        return views is not None
 
     def fused_adam(self, p, g, m, v, vmax, *, beta1, beta2, eps, weight_decay, decoupled,
                    decay, step_size, root2):
-        k = _numba.kernels()
-        arrays = (p, g, m, v) if vmax is None else (p, g, m, v, vmax)
-        if k is None or not self.inplace or not _fusable(*arrays):
-            return False
-        flat = [a.reshape(-1) for a in arrays]
-        k.adam(*flat[:4], flat[-1] if vmax is not None else flat[3], beta1, beta2, eps,
-               weight_decay, decoupled, decay, step_size, root2, vmax is not None)
-        return True
+        views = self._fused_views(p, g, m, v, vmax)
+        if views is not None:
+            _numba.kernels().adam(*views, beta1, beta2, eps, weight_decay, decoupled, decay,
+                                  step_size, root2, vmax is not None)
+        return views is not None
 
     def fused_rmsprop(self, p, g, square_avg, grad_avg, momentum_buffer, *, lr, alpha, eps,
                       weight_decay, momentum):
-        k = _numba.kernels()
-        arrays = [a for a in (p, g, square_avg, grad_avg, momentum_buffer) if a is not None]
-        if k is None or not self.inplace or not _fusable(*arrays):
-            return False
-        flat = {id(a): a.reshape(-1) for a in arrays}
-        s = flat[id(square_avg)]
-        k.rmsprop(flat[id(p)], flat[id(g)], s, s if grad_avg is None else flat[id(grad_avg)],
-                  s if momentum_buffer is None else flat[id(momentum_buffer)], lr, alpha, eps,
-                  weight_decay, momentum, grad_avg is not None)
-        return True
+        views = self._fused_views(p, g, square_avg, grad_avg, momentum_buffer)
+        if views is not None:
+            _numba.kernels().rmsprop(*views, lr, alpha, eps, weight_decay, momentum,
+                                     grad_avg is not None)
+        return views is not None
+
+    def _fused_views(self, *arrays):
+        """1-D views of (p, g, state...) for a compiled update, an empty placeholder
+        for each absent (None) state array; None where no kernel applies (no Numba, a
+        backend that does not write in place, or arrays `_fusable` refuses)."""
+        present = [a for a in arrays if a is not None]
+        if _numba.kernels() is None or not self.inplace or not _fusable(*present):
+            return None
+        absent = np.empty(0, dtype=present[0].dtype)
+        return [absent if a is None else a.reshape(-1) for a in arrays]
 
     def softmax_cross_entropy(self, logits, labels):
         """The fallback's maths; labels out of range raise IndexError (or wrap around
