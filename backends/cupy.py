@@ -13,7 +13,6 @@ import contextlib
 import ctypes
 import os
 
-import numpy as np
 
 from ._base import Backend, BackendNotInstalledError, CUDADeviceError
 

@@ -346,7 +346,6 @@ def test_a_killed_save_leaves_a_tmp_file_the_next_save_removes(tmp_path):
 
 def _fuzz_inputs():
     """(header length, header JSON, tensor bytes) of a real checkpoint."""
-    import io
     import struct
     import tempfile
 

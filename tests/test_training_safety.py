@@ -1,7 +1,6 @@
 """Training safety: non-finite losses (rollback, skip), no per-step read-back, dtypes
 refused, mismatched Trainer arguments, per-loader generators, History naming."""
 import threading
-import warnings
 
 import numpy as np
 import pytest
