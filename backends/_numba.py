@@ -26,18 +26,18 @@ def kernels():
         _KERNELS = False
         if os.environ.get("BACKENDNN_NUMBA", "1") != "0":
             try:
-                import numba  # noqa: F401
+                import numba
             except ImportError:
                 pass
             else:
-                _KERNELS = _compile()
+                _KERNELS = _define(numba)
     return _KERNELS or None
 
 
-def _compile():
+def _define(numba):
+    """The kernels, each compiled on its first call (per argument types)."""
     import types
 
-    import numba
     import numpy as np
 
     # error_model="numpy": x / 0 gives inf or NaN as in NumPy, with no per-division
