@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from . import _numba, _philox
+from . import _blas, _numba, _philox
 from ._base import Backend, to_host
 
 
@@ -153,9 +153,9 @@ class NumpyBackend(Backend):
 
     # --- convolution and pooling -----------------------------------------------------
     # Stride 1 with one group (most layers) takes the grid path, `conv2d_grid` below:
-    # columns are contiguous shifts of the flat padded input, made in chunks, and dL/dx
-    # is a convolution with the flipped kernel (no col2im). Other shapes take the
-    # columns path. One layout inside: channels first, then the batch, (C, N, H, W);
+    # BLAS products on shifted windows of the flat padded input (or columns made from
+    # them in chunks), and dL/dx is a convolution with the flipped kernel (no col2im).
+    # Other shapes take the columns path. One layout inside: channels first, then the batch, (C, N, H, W);
     # the result is returned as an NCHW view of it (ReLU and pooling keep that layout,
     # so the next layer's copy into its padded grid reads contiguous rows). The columns
     # path keeps its padded input and one (C·kh·kw, N·Ho·Wo) column buffer in the
@@ -385,17 +385,22 @@ def backprop_max_pool2d_slices(lib, backend, grad, saved):
 
 # --- stride-1 convolution on the padded grid (NumPy) -----------------------------------
 # For stride 1 the kh·kw column rows of image n are shifts of one flat run of the padded
-# input: row (c, i, j) is xpad[c, n].ravel()[i·dh·Wp + j·dw :][: Ho·Wp], a contiguous copy.
-# The product then also computes the Wp - Wo columns past each row's end (garbage,
-# dropped when the result is copied out; 6% more work on 32x32, 12% on 16x16), in
-# exchange for a column copy at memcpy speed. Columns are made a few images at a time
-# into a buffer of about _GRID_COLS elements, used at once by the product while in
-# cache, and made again in backward from the kept input, padded again: no padded copy
-# or column buffer lives between forward and backward. dL/dx is the same kind of
-# convolution: dL/dy placed in a zero grid, with the kernel flipped and transposed (no
-# col2im, no scattered adds). The padded grids, columns and products are per-thread
-# scratch buffers shared by every layer (`_scratch`), as large as the largest layer's.
-_GRID_COLS = 1 << 20  # elements of a column chunk (4 MiB in float32)
+# input: row (c, i, j) is xpad[c, n].ravel()[i·dh·Wp + j·dw :][: Ho·Wp]. The product
+# then also computes the Wp - Wo columns past each row's end (garbage, dropped when the
+# result is copied out; 6% more work on 32x32, 12% on 16x16). Two ways to use this:
+# - shifted windows (16 channels or more, where this NumPy's BLAS can be called,
+#   `_blas`): kh·kw products (O, C) @ (C, run), each reading its window of the flat
+#   grid in place and adding into one result (BLAS's beta = 1). No columns at all;
+#   the runs of a few images at a time, so the result stays in cache.
+# - columns: the shifts copied into a (C·kh·kw, run) buffer of about _GRID_COLS
+#   elements and one product, a few images at a time.
+# Backward pads the kept input again: no padded copy or column buffer lives between
+# forward and backward. dL/dx is the same kind of convolution: dL/dy placed in a zero
+# grid, with the kernel flipped and transposed (no col2im, no scattered adds). The
+# padded grids, columns and products are per-thread scratch buffers shared by every
+# layer (`_scratch`), as large as the largest layer's.
+_GRID_COLS = 1 << 20  # elements of a column chunk or product chunk (4 MiB in float32)
+_IMPLICIT_MIN_C = 16  # fewer channels per product: columns are faster (measured)
 _SCRATCH = threading.local()  # per-thread buffers used within one call, kept for the next
 
 
@@ -455,28 +460,58 @@ def _grid_columns(src, n0, nb, hs, ws, kernel, dilation, ho, out):
     return cols
 
 
-def _grid_conv(src, hs, ws, wmat, kernel, dilation, out, bias):
-    """out (O, N, Ho, Wo) = the stride-1 convolution of the grid buffer `src` (C, N,
-    Hs, Ws) with wmat (O, C·kh·kw), plus bias (O,) if given."""
+def _grid_conv(src, hs, ws, weights, dilation, out, bias):
+    """out (O, N, Ho, Wo) = the stride-1 convolution of the grid buffer `src` (C, N·Hs·Ws
+    + tail) with weights (O, C, kh, kw) (any strides), plus bias (O,) if given."""
+    c = weights.shape[1]
+    gemm = _blas.gemm(src.dtype) if c >= _IMPLICIT_MIN_C else None
+    if gemm is None:
+        return _grid_conv_columns(src, hs, ws, weights, dilation, out, bias)
     o, n, ho, wo = out.shape
+    kh, kw = weights.shape[2:]
+    wt = np.ascontiguousarray(weights.transpose(2, 3, 0, 1))  # (kh, kw, O, C)
+    nb = max(1, min(n, _GRID_COLS // (o * hs * ws)))
+    prod = _scratch("prod", (o, nb * hs * ws), src.dtype)
+    for n0 in range(0, n, nb):
+        m = min(nb, n - n0)
+        run = (m - 1) * hs * ws + ho * ws  # up to the last image's last output row
+        start = n0 * hs * ws
+        for i in range(kh):
+            for j in range(kw):
+                at = start + i * dilation[0] * ws + j * dilation[1]
+                gemm(wt[i, j], src[:, at:at + run], prod[:, :run], i + j > 0)
+        _crop_into(prod[:, :m * hs * ws].reshape(o, m, hs, ws)[:, :, :ho],
+                   out[:, n0:n0 + m], bias)
+    return out
+
+
+def _grid_conv_columns(src, hs, ws, weights, dilation, out, bias):
+    """_grid_conv through columns made chunk by chunk: one product over C·kh·kw."""
+    o, n, ho, wo = out.shape
+    kernel = weights.shape[2:]
+    wmat = np.ascontiguousarray(weights).reshape(o, -1)
     k = wmat.shape[1]
     nb = max(1, min(n, _GRID_COLS // (k * ho * ws)))
     cols = _scratch("cols", (k, nb * ho * ws), src.dtype)
     prod = _scratch("prod", (o, nb * ho * ws), src.dtype)
-    compiled = _numba.kernels()
     for n0 in range(0, n, nb):
         m = min(nb, n - n0)
         c = _grid_columns(src, n0, m, hs, ws, kernel, dilation, ho, cols)
         p = np.matmul(wmat, c, out=prod[:, :m * ho * ws]).reshape(o, m, ho, ws)
-        if (compiled is not None and bias is not None and bias.dtype == p.dtype
-                and p.dtype.isnative):
-            # 2.5x NumPy's broadcast add
-            compiled.crop_add(p, out[:, n0:n0 + m], bias)
-        elif bias is None:
-            out[:, n0:n0 + m] = p[:, :, :, :wo]
-        else:
-            np.add(p[:, :, :, :wo], bias.reshape(o, 1, 1, 1), out=out[:, n0:n0 + m])
+        _crop_into(p, out[:, n0:n0 + m], bias)
     return out
+
+
+def _crop_into(p, out, bias):
+    """out (O, N, Ho, Wo) = p (O, N, Ho, Ws) cropped to Wo columns, plus bias (O,)."""
+    compiled = _numba.kernels()
+    if (compiled is not None and bias is not None and bias.dtype == p.dtype
+            and p.dtype.isnative):
+        compiled.crop_add(p, out, bias)  # 2.5x NumPy's broadcast add
+    elif bias is None:
+        out[...] = p[:, :, :, :out.shape[3]]
+    else:
+        np.add(p[:, :, :, :out.shape[3]], bias.reshape(-1, 1, 1, 1), out=out)
 
 
 def _padded_grid(x, padding, tail):
@@ -502,7 +537,7 @@ def conv2d_grid(x, weights, bias, padding, dilation):
     ho, wo = hp - dilation[0] * (kh - 1), wp - dilation[1] * (kw - 1)
     xbuf = _padded_grid(x, padding, dilation[1] * (kw - 1))
     y = np.empty((o, n, ho, wo), dtype=x.dtype)
-    _grid_conv(xbuf, hp, wp, weights.reshape(o, -1), (kh, kw), dilation, y, bias)
+    _grid_conv(xbuf, hp, wp, weights, dilation, y, bias)
     s = _GridSaved()
     s.x, s.weights, s.x_shape, s.kernel = x, weights, (n, c, h, w), (kh, kw)
     s.padding, s.dilation, s.out, s.has_bias = padding, dilation, (ho, wo), bias is not None
@@ -520,22 +555,38 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
     dt = grad.dtype
     xbuf = _padded_grid(s.x, s.padding, dw * (kw - 1))
     gy = grad.transpose(1, 0, 2, 3)  # (O, N, Ho, Wo): a view when grad is our layout
-    # dL/dweights: dL/dy on the input's grid (zero past each row's Wo columns) times
-    # the input's columns, made again chunk by chunk
-    gyw = _scratch("grid", (o, n, ho, wp), dt)
+    # dL/dweights: dL/dy on the input's grid (zero past each image's Ho rows and Wo
+    # columns) times the input's shifted windows: kh·kw products summed over chunks
+    # of images, or one product with columns made chunk by chunk
+    gemm = _blas.gemm(dt) if min(o, c) >= _IMPLICIT_MIN_C else None
+    rows = hp if gemm is not None else ho
+    gyw = _scratch("grid", (o, n, rows, wp), dt)
     _place(gyw, gy, 0, 0)
-    gyw2 = gyw.reshape(o, n * ho * wp)
-    k = c * kh * kw
-    nb = max(1, min(n, _GRID_COLS // (k * ho * wp)))
-    cols = _scratch("cols", (k, nb * ho * wp), dt)
-    gw = np.zeros((o, k), dtype=dt)
-    part = np.empty((o, k), dtype=dt)
-    for n0 in range(0, n, nb):
-        m = min(nb, n - n0)
-        cc = _grid_columns(xbuf, n0, m, hp, wp, s.kernel, s.dilation, ho, cols)
-        gw += np.matmul(gyw2[:, n0 * ho * wp:(n0 + m) * ho * wp], cc.T, out=part)
-    gb = gyw2 @ _ones(n * ho * wp, dt) if s.has_bias else None
-    gw = gw.reshape(s.weights.shape)
+    gyw2 = gyw.reshape(o, n * rows * wp)
+    if gemm is not None:
+        gwt = np.empty((kh, kw, o, c), dtype=dt)
+        nb = max(1, min(n, _GRID_COLS // (max(o, c) * hp * wp)))
+        for n0 in range(0, n, nb):
+            m = min(nb, n - n0)
+            start, run = n0 * hp * wp, (m - 1) * hp * wp + ho * wp
+            for i in range(kh):
+                for j in range(kw):
+                    at = start + i * dh * wp + j * dw
+                    gemm(gyw2[:, start:start + run], xbuf[:, at:at + run].T, gwt[i, j],
+                         n0 > 0)
+        gw = gwt.transpose(2, 3, 0, 1)
+    else:
+        k = c * kh * kw
+        nb = max(1, min(n, _GRID_COLS // (k * ho * wp)))
+        cols = _scratch("cols", (k, nb * ho * wp), dt)
+        gw = np.zeros((o, k), dtype=dt)
+        part = np.empty((o, k), dtype=dt)
+        for n0 in range(0, n, nb):
+            m = min(nb, n - n0)
+            cc = _grid_columns(xbuf, n0, m, hp, wp, s.kernel, s.dilation, ho, cols)
+            gw += np.matmul(gyw2[:, n0 * ho * wp:(n0 + m) * ho * wp], cc.T, out=part)
+    gb = gyw2 @ _ones(gyw2.shape[1], dt) if s.has_bias else None
+    gw = np.ascontiguousarray(gw).reshape(s.weights.shape)
     if not input_grad:
         return None, gw, gb
     # dL/dx: dL/dy at offset (P, Q) in a zero grid of (H + dh (kh-1), W + dw (kw-1)),
@@ -545,9 +596,9 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
     gbuf = _scratch("grid", (o, n * hq * wq + dw * (kw - 1)), dt)  # gyw's memory
     _place(gbuf[:, :n * hq * wq].reshape(o, n, hq, wq), gy, p, q)
     gbuf[:, n * hq * wq:] = 0
-    wflip = np.ascontiguousarray(s.weights[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    wflip = s.weights[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
     gx = np.empty((c, n, h, w), dtype=dt)
-    _grid_conv(gbuf, hq, wq, wflip.reshape(c, -1), s.kernel, s.dilation, gx, None)
+    _grid_conv(gbuf, hq, wq, wflip, s.dilation, gx, None)
     return gx.transpose(1, 0, 2, 3), gw, gb
 
 

@@ -15,6 +15,10 @@ GRID_CASES = {
     "batch1": ((1, 1, 3, 3), (2, 3, 3), (1, 1, 1, 1), (1, 1)),
 }
 TOL = {"float32": dict(rtol=1e-5, atol=1e-5), "float64": dict(rtol=1e-12, atol=1e-12)}
+# the fewest channels a product sums over for the grid convolution to take kh·kw BLAS
+# products on shifted windows instead of columns: always, never, and in between (the
+# cases' products then mix both)
+CONV_PATHS = {"shifted": 1, "columns": 10**9, "mixed": 4}
 
 
 def _portable_conv(x, w, b, padding, dilation, g):
@@ -23,15 +27,23 @@ def _portable_conv(x, w, b, padding, dilation, g):
     return y, Backend.backprop_conv2d(be, g, saved, True)
 
 
+@pytest.mark.parametrize("chunk", ["image", "batch"])
+@pytest.mark.parametrize("path", list(CONV_PATHS))
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("case", list(GRID_CASES))
-def test_grid_conv_equals_portable(numpy_kernels, rng, case, dtype, monkeypatch):
+def test_grid_conv_equals_portable(numpy_kernels, rng, case, dtype, path, chunk,
+                                   monkeypatch):
+    from backendnn.backends import _blas
     from backendnn.backends import numpy as npb
 
+    if path != "columns" and _blas.gemm(dtype) is None:
+        pytest.skip("this NumPy's BLAS cannot be called directly (or BACKENDNN_BLAS=0)")
     (n, c, h, w), (o, kh, kw), padding, dilation = GRID_CASES[case]
     be = get("numpy")
     assert npb.grid_fits((n, c, h, w), (o, c, kh, kw), (1, 1), padding, dilation, 1)
-    monkeypatch.setattr(npb, "_GRID_COLS", 64)  # one image per chunk: the chunk loop runs
+    if chunk == "image":
+        monkeypatch.setattr(npb, "_GRID_COLS", 64)  # the chunk loop runs once per image
+    monkeypatch.setattr(npb, "_IMPLICIT_MIN_C", CONV_PATHS[path])
     x = rng.normal(size=(n, c, h, w)).astype(dtype)
     wt = rng.normal(size=(o, c, kh, kw)).astype(dtype)
     b = rng.normal(size=(o,)).astype(dtype)

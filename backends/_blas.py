@@ -1,0 +1,111 @@
+"""Matrix products straight through the BLAS that NumPy loaded, for the NumPy backend.
+
+`np.matmul` already hands strided views to BLAS without copying, but it cannot add
+into its output: BLAS's `C = A @ B + C` (beta = 1). The grid convolution needs exactly
+that. Its kh·kw products read shifted windows of one padded input and sum into one
+result, with no column matrix in between.
+
+`gemm` is None where no such BLAS is found. The backend then builds columns as before.
+That happens with a NumPy built on another BLAS (Accelerate, MKL), or with the
+environment variable BACKENDNN_BLAS=0. The library is found with threadpoolctl, and its
+CBLAS entry point is taken only when the symbol's name says it takes 64-bit integers
+("...64_", as in NumPy's own wheels). One small product is checked against
+`np.matmul` before the first use.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+
+import numpy as np
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+_SYMBOLS = ("scipy_cblas_{}gemm64_", "cblas_{}gemm64_")  # ILP64 CBLAS names
+_FUNCS = None  # {dtype: function} once looked up; {} where unavailable
+
+
+def _lookup() -> dict:
+    if os.environ.get("BACKENDNN_BLAS", "1") == "0":
+        return {}
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return {}
+    # NumPy's own library first, then any other OpenBLAS already loaded
+    libs = sorted((i for i in threadpool_info() if i.get("internal_api") == "openblas"),
+                  key=lambda i: "numpy" not in i.get("filepath", ""))
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    for info in libs:
+        try:
+            lib = ctypes.CDLL(info["filepath"])
+        except OSError:
+            continue
+        for pattern in _SYMBOLS:
+            funcs = {}
+            for dtype, letter, scalar in ((np.float32, "s", ctypes.c_float),
+                                          (np.float64, "d", ctypes.c_double)):
+                f = getattr(lib, pattern.format(letter), None)
+                if f is None:
+                    break
+                f.restype = None
+                f.argtypes = [ctypes.c_int] * 3 + [i64] * 3 + [scalar, ptr, i64, ptr, i64,
+                                                               scalar, ptr, i64]
+                funcs[np.dtype(dtype)] = f
+            if len(funcs) == 2 and _agrees(funcs):
+                return funcs
+    return {}
+
+
+def _agrees(funcs) -> bool:
+    """One product with a strided operand and one sum into C, against NumPy."""
+    rng = np.random.default_rng(0)
+    for dtype in funcs:
+        a = rng.standard_normal((5, 7)).astype(dtype)
+        b = rng.standard_normal((7, 11)).astype(dtype)[:, 2:8]  # row stride 11
+        c = rng.standard_normal((5, 6)).astype(dtype)
+        want = a @ b + c
+        _call(funcs[dtype], a, b, c, True)
+        if not np.allclose(c, want, rtol=1e-4, atol=1e-4):
+            return False
+    return True
+
+
+def _operand(x):
+    """(transpose flag, leading dimension) of a 2-D view with one unit stride."""
+    item = x.itemsize
+    rows, cols = x.shape
+    if x.strides[1] == item or cols == 1:
+        ld = x.strides[0] // item if rows > 1 else cols
+        if x.strides[0] % item == 0 and ld >= cols:
+            return _NO_TRANS, ld
+    if x.strides[0] == item or rows == 1:
+        ld = x.strides[1] // item if cols > 1 else rows
+        if x.strides[1] % item == 0 and ld >= rows:
+            return _TRANS, ld
+    raise ValueError(f"gemm needs a 2-D view with one unit stride; got strides {x.strides}")
+
+
+def _call(f, a, b, out, accumulate=False):
+    m, k = a.shape
+    n = b.shape[1]
+    ta, lda = _operand(a)
+    tb, ldb = _operand(b)
+    tc, ldc = _operand(out)
+    if tc != _NO_TRANS or out.shape != (m, n) or b.shape[0] != k:
+        raise ValueError(f"gemm: shapes {a.shape} @ {b.shape} -> {out.shape}")
+    f(_ROW_MAJOR, ta, tb, m, n, k, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb,
+      1.0 if accumulate else 0.0, out.ctypes.data, ldc)
+
+
+def gemm(dtype):
+    """A function (a, b, out, accumulate) computing out = a @ b (+ out) in BLAS for 2-D
+    float views of `dtype` (any row stride, one unit stride; `out` row-major), or None
+    where this NumPy's BLAS cannot be called directly."""
+    global _FUNCS
+    if _FUNCS is None:
+        _FUNCS = _lookup()
+    f = _FUNCS.get(np.dtype(dtype))
+    if f is None:
+        return None
+    return functools.partial(_call, f)
