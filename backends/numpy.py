@@ -644,13 +644,16 @@ def backprop_max_pool2d_pairs(grad, saved):
     _, idx, (n, c, h, w) = saved
     ho, wo = idx.shape[2:]
     make = np.zeros if (h % 2 or w % 2) else np.empty
-    if grad.transpose(1, 0, 2, 3).flags.c_contiguous:  # keep the (C, N, H, W) layout
-        gx = make((c, n, h, w), dtype=grad.dtype).transpose(1, 0, 2, 3)
-    else:
-        gx = make((n, c, h, w), dtype=grad.dtype)
-    for k in range(4):
-        a, b = divmod(k, 2)
-        np.multiply(grad, idx == k, out=gx[:, :, a:2 * ho:2, b:2 * wo:2])
+    axes = (1, 0, 2, 3) if grad.transpose(1, 0, 2, 3).flags.c_contiguous else (0, 1, 2, 3)
+    gx = make(tuple((n, c, h, w)[a] for a in axes), dtype=grad.dtype).transpose(axes)
+    k = _numba.kernels()
+    if k is not None and grad.dtype.isnative:
+        k.max_unpool2x2(grad.transpose(axes), idx.transpose(axes), gx.transpose(axes))
+        return gx
+    zero = grad.dtype.type(0)
+    for q in range(4):  # a select, not grad * mask: a NaN gradient stays at its winner
+        a, b = divmod(q, 2)
+        gx[:, :, a:2 * ho:2, b:2 * wo:2] = np.where(idx == q, grad, zero)
     return gx
 
 

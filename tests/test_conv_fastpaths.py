@@ -96,6 +96,22 @@ def test_pairwise_max_pool_equals_portable(numpy_kernels, rng, dtype, shape, lay
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "CNHW"])
+def test_max_pool_2x2_backward_sends_a_nan_gradient_to_its_winner_only(numpy_kernels, rng,
+                                                                         layout):
+    be = get("numpy")
+    x = rng.normal(size=(2, 3, 4, 6)).astype(np.float32)
+    if layout == "CNHW":
+        x = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    _, saved = be.max_pool2d(x, (2, 2), (2, 2), (0, 0, 0, 0))
+    g = np.ones((2, 3, 2, 3), np.float32)
+    g[1, 2, 0, 1] = np.nan
+    gx = be.backprop_max_pool2d(g, saved)
+    window = gx[1, 2, 0:2, 2:4]
+    assert np.isnan(window).sum() == 1 and np.nansum(window) == 0
+    assert np.isnan(gx).sum() == 1 and np.nansum(gx) == 2 * 3 * 2 * 3 - 1
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "CNHW"])
 def test_max_pool_2x2_with_nan_and_inf_as_torch(numpy_kernels, torch, layout):
     """A NaN wins its window (torch's rule), +-inf compare as numbers; with Numba the
     winner's offset is torch's too (the last NaN), so the gradient goes where torch
