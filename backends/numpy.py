@@ -514,16 +514,28 @@ def _crop_into(p, out, bias):
         np.add(p[:, :, :, :out.shape[3]], bias.reshape(-1, 1, 1, 1), out=out)
 
 
-def _padded_grid(x, padding, tail):
-    """x (N, C, H, W) copied into the "xgrid" scratch as a zero-bordered (C, N·Hp·Wp +
-    tail) grid; returns the buffer."""
-    n, c, h, w = x.shape
+def _padded_grid(x, padding, span, name):
+    """x (C, N, H, W) (any strides) copied into the scratch buffer `name` as one flat
+    zero-padded grid (C, lead + N·Hs·Ws + tail), returned with Hs and Ws. Row r of image
+    n starts at lead + (n·Hs + r)·Ws; each row is followed by max(pl, pr) zero columns
+    and each image by max(pt, pb) zero rows, so one band of zeros is the bottom (right)
+    padding of an image (row) and the top (left) padding of the next: 6% fewer grid
+    positions than separate borders on 32x32 with padding 1, 11% on 16x16. Index 0 is
+    (row -pt, column -pl) of image 0; a window at offset (i·dh·Ws + j·dw) from an output
+    position's index reads its input."""
+    c, n, h, w = x.shape
     pt, pb, pl, pr = padding
-    hp, wp = h + pt + pb, w + pl + pr
-    buf = _scratch("xgrid", (c, n * hp * wp + tail), x.dtype)
-    _place(buf[:, :n * hp * wp].reshape(c, n, hp, wp), x.transpose(1, 0, 2, 3), pt, pl)
-    buf[:, n * hp * wp:] = 0
-    return buf
+    hs, ws = h + max(pt, pb), w + max(pl, pr)
+    lead, size = pt * ws + pl, n * hs * ws
+    buf = _scratch(name, (c, lead + size + span[0] * ws + span[1]), x.dtype)
+    buf[:, :lead] = 0
+    _place(buf[:, lead:lead + size].reshape(c, n, hs, ws), x, 0, 0)
+    buf[:, lead + size:] = 0
+    return buf, hs, ws
+
+
+def _spans(kernel, dilation):
+    return dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)
 
 
 def conv2d_grid(x, weights, bias, padding, dilation):
@@ -533,11 +545,11 @@ def conv2d_grid(x, weights, bias, padding, dilation):
     n, c, h, w = x.shape
     o, _, kh, kw = weights.shape
     pt, pb, pl, pr = padding
-    hp, wp = h + pt + pb, w + pl + pr
-    ho, wo = hp - dilation[0] * (kh - 1), wp - dilation[1] * (kw - 1)
-    xbuf = _padded_grid(x, padding, dilation[1] * (kw - 1))
+    span = _spans((kh, kw), dilation)
+    ho, wo = h + pt + pb - span[0], w + pl + pr - span[1]
+    xbuf, hs, ws = _padded_grid(x.transpose(1, 0, 2, 3), padding, span, "xgrid")
     y = np.empty((o, n, ho, wo), dtype=x.dtype)
-    _grid_conv(xbuf, hp, wp, weights, dilation, y, bias)
+    _grid_conv(xbuf, hs, ws, weights, dilation, y, bias)
     s = _GridSaved()
     s.x, s.weights, s.x_shape, s.kernel = x, weights, (n, c, h, w), (kh, kw)
     s.padding, s.dilation, s.out, s.has_bias = padding, dilation, (ho, wo), bias is not None
@@ -551,51 +563,48 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
     dh, dw = s.dilation
     ho, wo = s.out
     pt, pb, pl, pr = s.padding
-    hp, wp = h + pt + pb, w + pl + pr
+    span = _spans(s.kernel, s.dilation)
     dt = grad.dtype
-    xbuf = _padded_grid(s.x, s.padding, dw * (kw - 1))
+    xbuf, hs, ws = _padded_grid(s.x.transpose(1, 0, 2, 3), s.padding, span, "xgrid")
     gy = grad.transpose(1, 0, 2, 3)  # (O, N, Ho, Wo): a view when grad is our layout
     # dL/dweights: dL/dy on the input's grid (zero past each image's Ho rows and Wo
     # columns) times the input's shifted windows: kh·kw products summed over chunks
     # of images, or one product with columns made chunk by chunk
     gemm = _blas.gemm(dt) if min(o, c) >= _IMPLICIT_MIN_C else None
-    rows = hp if gemm is not None else ho
-    gyw = _scratch("grid", (o, n, rows, wp), dt)
+    rows = hs if gemm is not None else ho
+    gyw = _scratch("grid", (o, n, rows, ws), dt)
     _place(gyw, gy, 0, 0)
-    gyw2 = gyw.reshape(o, n * rows * wp)
+    gyw2 = gyw.reshape(o, n * rows * ws)
     if gemm is not None:
         gwt = np.empty((kh, kw, o, c), dtype=dt)
-        nb = max(1, min(n, _GRID_COLS // (max(o, c) * hp * wp)))
+        nb = max(1, min(n, _GRID_COLS // (max(o, c) * hs * ws)))
         for n0 in range(0, n, nb):
             m = min(nb, n - n0)
-            start, run = n0 * hp * wp, (m - 1) * hp * wp + ho * wp
+            start, run = n0 * hs * ws, (m - 1) * hs * ws + ho * ws
             for i in range(kh):
                 for j in range(kw):
-                    at = start + i * dh * wp + j * dw
+                    at = start + i * dh * ws + j * dw
                     gemm(gyw2[:, start:start + run], xbuf[:, at:at + run].T, gwt[i, j],
                          n0 > 0)
         gw = gwt.transpose(2, 3, 0, 1)
     else:
         k = c * kh * kw
-        nb = max(1, min(n, _GRID_COLS // (k * ho * wp)))
-        cols = _scratch("cols", (k, nb * ho * wp), dt)
+        nb = max(1, min(n, _GRID_COLS // (k * ho * ws)))
+        cols = _scratch("cols", (k, nb * ho * ws), dt)
         gw = np.zeros((o, k), dtype=dt)
         part = np.empty((o, k), dtype=dt)
         for n0 in range(0, n, nb):
             m = min(nb, n - n0)
-            cc = _grid_columns(xbuf, n0, m, hp, wp, s.kernel, s.dilation, ho, cols)
-            gw += np.matmul(gyw2[:, n0 * ho * wp:(n0 + m) * ho * wp], cc.T, out=part)
+            cc = _grid_columns(xbuf, n0, m, hs, ws, s.kernel, s.dilation, ho, cols)
+            gw += np.matmul(gyw2[:, n0 * ho * ws:(n0 + m) * ho * ws], cc.T, out=part)
     gb = gyw2 @ _ones(gyw2.shape[1], dt) if s.has_bias else None
     gw = np.ascontiguousarray(gw).reshape(s.weights.shape)
     if not input_grad:
         return None, gw, gb
-    # dL/dx: dL/dy at offset (P, Q) in a zero grid of (H + dh (kh-1), W + dw (kw-1)),
+    # dL/dx: dL/dy padded by the kernel span less the forward padding on each side,
     # convolved with the flipped kernel, channels swapped
-    hq, wq = h + dh * (kh - 1), w + dw * (kw - 1)
-    p, q = dh * (kh - 1) - pt, dw * (kw - 1) - pl
-    gbuf = _scratch("grid", (o, n * hq * wq + dw * (kw - 1)), dt)  # gyw's memory
-    _place(gbuf[:, :n * hq * wq].reshape(o, n, hq, wq), gy, p, q)
-    gbuf[:, n * hq * wq:] = 0
+    back = (span[0] - pt, span[0] - pb, span[1] - pl, span[1] - pr)
+    gbuf, hq, wq = _padded_grid(gy, back, span, "grid")  # gyw's memory
     wflip = s.weights[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
     gx = np.empty((c, n, h, w), dtype=dt)
     _grid_conv(gbuf, hq, wq, wflip, s.dilation, gx, None)
