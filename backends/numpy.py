@@ -571,10 +571,20 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
     # columns) times the input's shifted windows: kh·kw products summed over chunks
     # of images, or one product with columns made chunk by chunk
     gemm = _blas.gemm(dt) if min(o, c) >= _IMPLICIT_MIN_C else None
-    rows = hs if gemm is not None else ho
-    gyw = _scratch("grid", (o, n, rows, ws), dt)
-    _place(gyw, gy, 0, 0)
-    gyw2 = gyw.reshape(o, n * rows * ws)
+    # dL/dx's padded dL/dy (below) holds that grid too where their row and image
+    # lengths agree (stride 1, "same" padding): one copy of dL/dy serves both
+    back = (span[0] - pt, span[0] - pb, span[1] - pl, span[1] - pr)
+    shared = (gemm is not None and input_grad
+              and (ho + max(back[:2]), wo + max(back[2:])) == (hs, ws))
+    if shared:
+        gbuf, hq, wq = _padded_grid(gy, back, span, "grid")
+        lead = back[0] * ws + back[2]
+        gyw2 = gbuf[:, lead:lead + n * hs * ws]
+    else:
+        rows = hs if gemm is not None else ho
+        gyw = _scratch("grid", (o, n, rows, ws), dt)
+        _place(gyw, gy, 0, 0)
+        gyw2 = gyw.reshape(o, n * rows * ws)
     if gemm is not None:
         gwt = np.empty((kh, kw, o, c), dtype=dt)
         nb = max(1, min(n, _GRID_COLS // (max(o, c) * hs * ws)))
@@ -603,8 +613,8 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
         return None, gw, gb
     # dL/dx: dL/dy padded by the kernel span less the forward padding on each side,
     # convolved with the flipped kernel, channels swapped
-    back = (span[0] - pt, span[0] - pb, span[1] - pl, span[1] - pr)
-    gbuf, hq, wq = _padded_grid(gy, back, span, "grid")  # gyw's memory
+    if not shared:
+        gbuf, hq, wq = _padded_grid(gy, back, span, "grid")  # gyw's memory
     wflip = s.weights[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
     gx = np.empty((c, n, h, w), dtype=dt)
     _grid_conv(gbuf, hq, wq, wflip, s.dilation, gx, None)
