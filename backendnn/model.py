@@ -69,6 +69,10 @@ class Sequential:
         The first layer skips the input gradient (nothing needs it) unless
         `input_grad=True`, which returns dL/dx, shape of the input.
 
+        Each layer forgets what its forward pass kept as soon as its backward has used
+        it (as PyTorch frees saved tensors), so activations do not outlive the step:
+        a second backward() needs a new forward pass.
+
         With an `optimizer`, its step is made inside the pass: each layer's parameters
         are updated as soon as that layer's backward has left their gradients (while
         they are still in cache), the same values as `backward()` then
@@ -82,6 +86,7 @@ class Sequential:
         try:
             for layer in layers[:0:-1]:
                 grad = layer.backward(grad)
+                layer._clear()
                 if optimizer is not None:
                     optimizer._step_layer(layer)
             out = None
@@ -89,6 +94,8 @@ class Sequential:
                 out = layers[0].backward(grad)
             elif layers:
                 getattr(layers[0], "backward_params", layers[0].backward)(grad)
+            if layers:
+                layers[0]._clear()
             else:
                 out = grad if input_grad else None
             if optimizer is not None:

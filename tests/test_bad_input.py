@@ -354,3 +354,21 @@ def test_empty_loader(backend, n, drop_last):
         trainer.train(1, log_level=0)
     with pytest.raises(ValueError, match="no batches"):
         trainer.evaluate(dl)
+
+
+@pytest.mark.parametrize("in_step", [False, True])
+def test_backward_frees_the_forward_pass_and_a_second_one_is_refused(backend, in_step):
+    """Activations do not outlive backward (as PyTorch's saved tensors); a second
+    backward without a new forward pass is refused with what to do."""
+    model = binary_model(backend)
+    x = backend.asarray(np.ones((3, 4), dtype=np.float32))
+    y = backend.asarray(np.array([[0.0], [1.0], [1.0]], dtype=np.float32))
+    optimizer = SGD(model.parameters(), lr=0.1) if in_step else None
+    model.loss(x, y)
+    model.backward(optimizer=optimizer)
+    assert all(getattr(layer, name, None) is None for layer in model.layers
+               for name in ("x", "y", "y_hat"))
+    with pytest.raises(NotReadyError, match="run a forward pass first"):
+        model.backward()
+    model.loss(x, y)
+    model.backward()

@@ -224,8 +224,9 @@ def test_mlp_activation_instance_is_copied_with_its_options(backend):
     assert first.negative_slope == second.negative_slope == 0.2
     x = backend.asarray(np.array([[-1.0, 1.0]], dtype=np.float32))
     model.loss(x, backend.asarray(np.zeros((1, 1), dtype=np.float32)))
-    model.backward()  # each activation kept its own input
+    # each activation kept its own input
     assert tuple(first.x.shape) == (1, 3) and tuple(second.x.shape) == (1, 1)
+    model.backward()
 
 
 @pytest.mark.parametrize("activation, loss, cls, loss_cls", [

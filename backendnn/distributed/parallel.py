@@ -142,6 +142,7 @@ class DataParallel:
                 grad = layer.backward(grad)
             else:
                 getattr(layer, "backward_params", layer.backward)(grad)
+            layer._clear()  # as Sequential.backward: activations do not outlive the step
             t0 = time.perf_counter()
             for bucket, a, b, param in plan.puts[i]:
                 g = param.grad

@@ -201,7 +201,8 @@ class Layer:
 
     def _need(self, value, what: str = "forward"):
         if value is None:
-            msg = f"{type(self).__name__}.backward() called before {what}(): run a forward pass first"
+            msg = (f"{type(self).__name__}.backward() called without a {what}() to use: run "
+                   "a forward pass first (each backward pass uses up the forward pass before it)")
             raise NotReadyError(msg)
         return value
 

@@ -54,7 +54,9 @@ class Dropout(Layer):
         return grad * self._need(self.mask)
 
     def _clear(self):
-        self.mask, self._identity = None, False
+        if not getattr(self, "hold_mask", False):  # a held mask outlives the pass
+            self.mask = None
+        self._identity = False
 
     def config(self):
         return {"p": self.p}
