@@ -399,7 +399,7 @@ def backprop_max_pool2d_slices(lib, backend, grad, saved):
 # grid, with the kernel flipped and transposed (no col2im, no scattered adds). The
 # padded grids, columns and products are per-thread scratch buffers shared by every
 # layer (`_scratch`), as large as the largest layer's.
-_GRID_COLS = 1 << 20  # elements of a column chunk or product chunk (4 MiB in float32)
+_GRID_COLS = 1 << 19  # elements of a column chunk or product chunk (2 MiB in float32)
 _IMPLICIT_MIN_C = 16  # fewer channels per product: columns are faster (measured)
 _SCRATCH = threading.local()  # per-thread buffers used within one call, kept for the next
 
