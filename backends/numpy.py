@@ -586,7 +586,7 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
         _place(gyw, gy, 0, 0)
         gyw2 = gyw.reshape(o, n * rows * ws)
     if gemm is not None:
-        gwt = np.empty((kh, kw, o, c), dtype=dt)
+        gwt = (np.empty if n else np.zeros)((kh, kw, o, c), dtype=dt)  # no image: 0
         nb = max(1, min(n, _GRID_COLS // (max(o, c) * hs * ws)))
         for n0 in range(0, n, nb):
             m = min(nb, n - n0)

@@ -64,6 +64,22 @@ def test_grid_conv_equals_portable(numpy_kernels, rng, case, dtype, path, chunk,
     np.testing.assert_allclose(gw2, gw_ref, **TOL[dtype])
 
 
+@pytest.mark.parametrize("path", list(CONV_PATHS))
+def test_grid_conv_of_an_empty_batch_has_zero_gradients(path, monkeypatch):
+    """A rank's empty part of a last batch (DataParallel) must add zeros."""
+    from backendnn.backends import numpy as npb
+
+    monkeypatch.setattr(npb, "_IMPLICIT_MIN_C", CONV_PATHS[path])
+    be = get("numpy")
+    x = np.zeros((0, 4, 5, 5), np.float32)
+    w = np.ones((3, 4, 3, 3), np.float32)
+    for _ in range(2):  # the second time, freed memory of the first is reused
+        y, saved = be.conv2d(x, w, np.ones(3, np.float32), (1, 1), (1, 1, 1, 1), (1, 1), 1)
+        gx, gw, gb = be.backprop_conv2d(np.zeros_like(y), saved, True)
+        assert y.shape == (0, 3, 5, 5) and gx.shape == x.shape
+        assert not gw.any() and not gb.any()
+
+
 def test_grid_conv_is_not_used_where_it_does_not_fit():
     from backendnn.backends import numpy as npb
 
