@@ -329,16 +329,19 @@ def _metadata(path, f) -> dict:
 
 def _reader(path, f, backend):
     """name -> a fresh array on `backend`, with a clear error for a missing tensor."""
+    names = set(f.keys())
+
     def array(name, dtype=None):
-        x = backend.asarray(_host_tensor(path, f, name), dtype=dtype)
+        x = backend.asarray(_host_tensor(path, f, name, names), dtype=dtype)
         return backend.xp.asarray(x, copy=True)
 
     return array
 
 
-def _host_tensor(path, f, name: str):
-    """The stored tensor `name` as a host NumPy array read from the file."""
-    if name not in f.keys():
+def _host_tensor(path, f, name: str, names=None):
+    """The stored tensor `name` as a host NumPy array read from the file; `names`: the
+    file's tensor names, if already read."""
+    if name not in (names if names is not None else f.keys()):
         msg = f"{os.fspath(path)} lacks the tensor {name!r}; the file is incomplete or corrupt"
         raise CheckpointError(msg)
     try:
@@ -526,7 +529,8 @@ def _load_weights(path, f, model, spec) -> None:
     if extra:
         msg = f"{where} holds tensors the model has no place for: {extra}"
         raise CheckpointError(msg)
-    model.load_state_dict({key: _host_tensor(path, f, key) for key in mine})
+    names = set(f.keys())
+    model.load_state_dict({key: _host_tensor(path, f, key, names) for key in mine})
 
 
 def _check_fits(path, meta: dict, optimizer, trainer) -> None:
