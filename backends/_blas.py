@@ -32,8 +32,12 @@ def _lookup() -> dict:
         from threadpoolctl import threadpool_info
     except ImportError:
         return {}
+    try:
+        found = threadpool_info()
+    except Exception:  # noqa: BLE001 (an introspection failure means: use columns)
+        return {}
     # NumPy's own library first, then any other OpenBLAS already loaded
-    libs = sorted((i for i in threadpool_info() if i.get("internal_api") == "openblas"),
+    libs = sorted((i for i in found if i.get("internal_api") == "openblas"),
                   key=lambda i: "numpy" not in i.get("filepath", ""))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     for info in libs:

@@ -62,3 +62,14 @@ def test_gemm_is_absent_for_other_dtypes_and_when_turned_off(monkeypatch):
     monkeypatch.setenv("BACKENDNN_BLAS", "0")
     monkeypatch.setattr(_blas, "_FUNCS", None)
     assert _blas.gemm(np.float32) is None
+
+
+def test_gemm_is_absent_when_the_blas_cannot_be_inspected(monkeypatch):
+    import threadpoolctl
+
+    def broken():
+        raise RuntimeError("no dl_iterate_phdr here")
+
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", broken)
+    monkeypatch.setattr(_blas, "_FUNCS", None)
+    assert _blas.gemm(np.float32) is None
