@@ -84,28 +84,16 @@ class Sequential:
         if optimizer is not None:
             optimizer._begin_step()
         try:
-            for layer in layers[:0:-1]:
-                grad = layer.backward(grad)
-                layer._clear()
+            for i in range(len(layers) - 1, -1, -1):
+                grad = layers[i]._backward_and_free(grad, input_grad=i > 0 or input_grad)
                 if optimizer is not None:
-                    optimizer._step_layer(layer)
-            out = None
-            if layers and input_grad:
-                out = layers[0].backward(grad)
-            elif layers:
-                getattr(layers[0], "backward_params", layers[0].backward)(grad)
-            if layers:
-                layers[0]._clear()
-            else:
-                out = grad if input_grad else None
+                    optimizer._step_layer(layers[i])
             if optimizer is not None:
-                if layers:
-                    optimizer._step_layer(layers[0])
                 optimizer._end_step()
         finally:
             if optimizer is not None:
                 optimizer._pending = {}
-        return out
+        return grad if input_grad else None
 
     def predict(self, X, batch_size: int | None = None):
         """The model's outputs for `X` as a host NumPy array, in eval mode (Dropout off,

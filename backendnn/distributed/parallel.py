@@ -137,12 +137,7 @@ class DataParallel:
         handles = []
         spent = 0.0
         for i in range(len(layers) - 1, -1, -1):
-            layer = layers[i]
-            if i > 0:
-                grad = layer.backward(grad)
-            else:
-                getattr(layer, "backward_params", layer.backward)(grad)
-            layer._clear()  # as Sequential.backward: activations do not outlive the step
+            grad = layers[i]._backward_and_free(grad, input_grad=i > 0)
             t0 = time.perf_counter()
             for bucket, a, b, param in plan.puts[i]:
                 g = param.grad

@@ -199,6 +199,19 @@ class Layer:
     def _clear(self) -> None:
         """Forget what the last forward pass kept."""
 
+    def _backward_and_free(self, grad, input_grad: bool = True):
+        """The model's backward step for this layer: `backward(grad)`, or where no input
+        gradient is wanted only the parameter gradients (`backward_params`, if the layer
+        has it; returns None); then what forward kept is forgotten, as PyTorch frees
+        saved tensors, so activations do not outlive the step."""
+        if input_grad:
+            grad = self.backward(grad)
+        else:
+            getattr(self, "backward_params", self.backward)(grad)
+            grad = None
+        self._clear()
+        return grad
+
     def _need(self, value, what: str = "forward"):
         if value is None:
             msg = (f"{type(self).__name__}.backward() called without a {what}() to use: run "
