@@ -437,15 +437,35 @@ def _scratch(name, shape, dtype):
     return buf[:size].reshape(shape)
 
 
-def _place(grid, src, top, left):
-    """grid (C, N, H', W') = zeros with src (C, N, H, W) at rows top.., columns left..
-    (a copy and four strided zero fills: faster in NumPy than in one compiled loop)."""
+def _place(grid, src):
+    """grid (C, N, H', W') = src (C, N, H, W) in its top left corner, zeros past its
+    last row and column (a copy and two strided zero fills: faster in NumPy than in
+    one compiled loop)."""
     h, w = src.shape[2:]
-    grid[:, :, :top] = 0
-    grid[:, :, top + h:] = 0
-    grid[:, :, top:top + h, :left] = 0
-    grid[:, :, top:top + h, left + w:] = 0
-    grid[:, :, top:top + h, left:left + w] = src
+    grid[:, :, h:] = 0
+    grid[:, :, :h, w:] = 0
+    grid[:, :, :h, :w] = src
+
+
+def _images_per_chunk(n, per_image):
+    """Images per chunk of the grid convolution: about _GRID_COLS elements of its
+    columns or products, `per_image` elements an image."""
+    return max(1, min(n, _GRID_COLS // per_image))
+
+
+def _runs(n, nb, hs, ws, ho):
+    """(n0, m, start, run) of each chunk of m <= nb images from image n0: its first
+    grid position and its positions up to its last image's last output row."""
+    for n0 in range(0, n, nb):
+        m = min(nb, n - n0)
+        yield n0, m, n0 * hs * ws, (m - 1) * hs * ws + ho * ws
+
+
+def _taps(kernel, dilation, ws):
+    """[(i, j, offset)]: each kernel tap and the distance, on a grid of rows of ws,
+    from an output position to the input it reads."""
+    return [(i, j, i * dilation[0] * ws + j * dilation[1])
+            for i in range(kernel[0]) for j in range(kernel[1])]
 
 
 def _grid_columns(src, n0, nb, hs, ws, kernel, dilation, ho, out):
@@ -472,18 +492,13 @@ def _grid_conv(src, hs, ws, weights, dilation, out, bias):
     if gemm is None:
         return _grid_conv_columns(src, hs, ws, weights, dilation, out, bias)
     o, n, ho, _ = out.shape
-    kh, kw = weights.shape[2:]
     wt = np.ascontiguousarray(weights.transpose(2, 3, 0, 1))  # (kh, kw, O, C)
-    nb = max(1, min(n, _GRID_COLS // (o * hs * ws)))
+    nb = _images_per_chunk(n, o * hs * ws)
     prod = _scratch("prod", (o, nb * hs * ws), src.dtype)
-    for n0 in range(0, n, nb):
-        m = min(nb, n - n0)
-        run = (m - 1) * hs * ws + ho * ws  # up to the last image's last output row
-        start = n0 * hs * ws
-        for i in range(kh):
-            for j in range(kw):
-                at = start + i * dilation[0] * ws + j * dilation[1]
-                gemm(wt[i, j], src[:, at:at + run], prod[:, :run], i + j > 0)
+    taps = _taps(weights.shape[2:], dilation, ws)
+    for n0, m, start, run in _runs(n, nb, hs, ws, ho):
+        for i, j, off in taps:
+            gemm(wt[i, j], src[:, start + off:start + off + run], prod[:, :run], i + j > 0)
         _crop_into(prod[:, :m * hs * ws].reshape(o, m, hs, ws)[:, :, :ho],
                    out[:, n0:n0 + m], bias)
     return out
@@ -495,7 +510,7 @@ def _grid_conv_columns(src, hs, ws, weights, dilation, out, bias):
     kernel = weights.shape[2:]
     wmat = np.ascontiguousarray(weights).reshape(o, -1)
     k = wmat.shape[1]
-    nb = max(1, min(n, _GRID_COLS // (k * ho * ws)))
+    nb = _images_per_chunk(n, k * ho * ws)
     cols = _scratch("cols", (k, nb * ho * ws), src.dtype)
     prod = _scratch("prod", (o, nb * ho * ws), src.dtype)
     for n0 in range(0, n, nb):
@@ -533,7 +548,7 @@ def _padded_grid(x, padding, span, name):
     lead, size = pt * ws + pl, n * hs * ws
     buf = _scratch(name, (c, lead + size + span[0] * ws + span[1]), x.dtype)
     buf[:, :lead] = 0
-    _place(buf[:, lead:lead + size].reshape(c, n, hs, ws), x, 0, 0)
+    _place(buf[:, lead:lead + size].reshape(c, n, hs, ws), x)
     buf[:, lead + size:] = 0
     return buf, hs, ws
 
@@ -564,7 +579,6 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
     n, c, h, w = s.x_shape
     o = s.weights.shape[0]
     kh, kw = s.kernel
-    dh, dw = s.dilation
     ho, wo = s.out
     pt, pb, pl, pr = s.padding
     span = _spans(s.kernel, s.dilation)
@@ -587,23 +601,20 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
     else:
         rows = hs if gemm is not None else ho
         gyw = _scratch("grid", (o, n, rows, ws), dt)
-        _place(gyw, gy, 0, 0)
+        _place(gyw, gy)
         gyw2 = gyw.reshape(o, n * rows * ws)
     if gemm is not None:
         gwt = (np.empty if n else np.zeros)((kh, kw, o, c), dtype=dt)  # no image: 0
-        nb = max(1, min(n, _GRID_COLS // (max(o, c) * hs * ws)))
-        for n0 in range(0, n, nb):
-            m = min(nb, n - n0)
-            start, run = n0 * hs * ws, (m - 1) * hs * ws + ho * ws
-            for i in range(kh):
-                for j in range(kw):
-                    at = start + i * dh * ws + j * dw
-                    gemm(gyw2[:, start:start + run], xbuf[:, at:at + run].T, gwt[i, j],
-                         n0 > 0)
+        taps = _taps(s.kernel, s.dilation, ws)
+        for n0, _, start, run in _runs(n, _images_per_chunk(n, max(o, c) * hs * ws),
+                                       hs, ws, ho):
+            for i, j, off in taps:
+                at = start + off
+                gemm(gyw2[:, start:start + run], xbuf[:, at:at + run].T, gwt[i, j], n0 > 0)
         gw = gwt.transpose(2, 3, 0, 1)
     else:
         k = c * kh * kw
-        nb = max(1, min(n, _GRID_COLS // (k * ho * ws)))
+        nb = _images_per_chunk(n, k * ho * ws)
         cols = _scratch("cols", (k, nb * ho * ws), dt)
         gw = np.zeros((o, k), dtype=dt)
         part = np.empty((o, k), dtype=dt)
