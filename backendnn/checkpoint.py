@@ -338,10 +338,10 @@ def _reader(path, f, backend):
     return array
 
 
-def _host_tensor(path, f, name: str, names=None):
-    """The stored tensor `name` as a host NumPy array read from the file; `names`: the
-    file's tensor names, if already read."""
-    if name not in (names if names is not None else f.keys()):
+def _host_tensor(path, f, name: str, names: set):
+    """The stored tensor `name` as a host NumPy array read from the file, whose tensor
+    names are `names`."""
+    if name not in names:
         msg = f"{os.fspath(path)} lacks the tensor {name!r}; the file is incomplete or corrupt"
         raise CheckpointError(msg)
     try:

@@ -13,7 +13,6 @@ import contextlib
 import ctypes
 import os
 
-
 from ._base import Backend, BackendNotInstalledError, CUDADeviceError
 
 

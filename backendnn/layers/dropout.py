@@ -28,11 +28,12 @@ class Dropout(Layer):
         (64, 30)
     """
 
+    hold_mask = False
+
     def __init__(self, p: float = 0.5, *, backend=None, dtype: str = "float32"):
         p = number(type(self).__name__, "p", p, low=0.0, high=1.0)
         super().__init__(backend=backend, dtype=dtype)
         self.p = p
-        self.hold_mask = False
 
     def forward(self, x):
         if not self.training or self.p == 0.0:
@@ -54,7 +55,7 @@ class Dropout(Layer):
         return grad * self._need(self.mask)
 
     def _clear(self):
-        if not getattr(self, "hold_mask", False):  # a held mask outlives the pass
+        if not self.hold_mask:  # a held mask outlives the pass
             self.mask = None
         self._identity = False
 
