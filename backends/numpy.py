@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from . import _blas, _numba, _philox
+from . import _blas, _heap, _numba, _philox
 from ._base import Backend, to_host
 
 
@@ -18,6 +18,7 @@ class NumpyBackend(Backend):
     extra = ""
 
     def _load(self):
+        _heap.keep_freed_memory()  # no page faults for the step's large arrays
         return np
 
     def _default_device(self):
