@@ -51,12 +51,14 @@ class Sequential:
     def forward(self, x):
         """Pass a mini-batch through every layer, returning the last layer's output."""
         x = self._input(x)
+        owned = False  # the caller's input is never written
         for i, layer in enumerate(self.layers):
             try:
-                x = layer.forward(x)
+                x = layer._forward_owned(x) if owned else layer.forward(x)
             except ShapeError as e:
                 msg = f"layer {i} ({type(layer).__name__}): {e}"
                 raise ShapeError(msg) from None
+            owned = layer._fresh_output
         return x
 
     def loss(self, x, y):
@@ -83,9 +85,11 @@ class Sequential:
         layers = self.layers
         if optimizer is not None:
             optimizer._begin_step()
+        owned = False  # the criterion keeps its gradient
         try:
             for i in range(len(layers) - 1, -1, -1):
-                grad = layers[i]._backward_and_free(grad, input_grad=i > 0 or input_grad)
+                grad = layers[i]._backward_and_free(grad, i > 0 or input_grad, owned)
+                owned = layers[i]._fresh_input_grad
                 if optimizer is not None:
                     optimizer._step_layer(layers[i])
             if optimizer is not None:

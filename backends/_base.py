@@ -349,6 +349,17 @@ class Backend:
         """`grad` where the ReLU output `y` > 0, else 0; a new array.  Shape: y's."""
         return self.xp.where(y > 0, grad, 0.0)
 
+    # The in-place variants take an array the caller no longer needs (a layer's fresh
+    # output, a fresh input gradient) and may write the result into it, saving the
+    # allocation and a pass over memory; the default makes a new array as above.
+    def relu_(self, x):
+        """`relu(x)`, possibly written into x."""
+        return self.relu(x)
+
+    def backprop_relu_(self, grad, y):
+        """`backprop_relu(grad, y)`, possibly written into grad."""
+        return self.backprop_relu(grad, y)
+
     def batch_sum(self, g):
         """Sum over the batch axis (a bias gradient).  Shape: (batch, n) -> (n,)."""
         return self.xp.sum(g, axis=0)

@@ -52,6 +52,14 @@ def _define(numba):
             out[i] = grad[i] if y[i] > 0 else zero
 
     @jit
+    def mask_relu(grad, y):
+        """grad = 0 where not y > 0, in place (backprop_relu with out=grad would not
+        vectorise: the compiler must assume that out overlaps its inputs)."""
+        zero = grad.dtype.type(0)
+        for i in range(grad.size):
+            grad[i] = grad[i] if y[i] > 0 else zero
+
+    @jit
     def sgd(p, g, buf, lr, momentum, dampening, weight_decay, nesterov):
         """SGD._update after its first step, in one pass over 1-D views, operation for
         operation in p's dtype: g' = p * wd + g; buf = buf * momentum + g' * (1 -
@@ -236,7 +244,7 @@ def _define(numba):
                         o[j] = s[j] + v
 
     return types.SimpleNamespace(crop_add=crop_add, sgd=sgd, adam=adam, rmsprop=rmsprop,
-                                 backprop_relu=backprop_relu,
+                                 backprop_relu=backprop_relu, mask_relu=mask_relu,
                                  softmax_cross_entropy=softmax_cross_entropy,
                                  max_pool2x2=max_pool2x2, max_pool2x2_nan=max_pool2x2_nan,
                                  max_unpool2x2=max_unpool2x2)

@@ -65,6 +65,24 @@ class NumpyBackend(Backend):
                 return out
         return np.multiply(grad, np.greater(y, 0))
 
+    def relu_(self, x):
+        """relu written into x (where x is a writable float array)."""
+        if x.dtype.kind != "f" or not x.flags.writeable:
+            return self.relu(x)
+        return x.clip(0, np.inf, out=x)
+
+    def backprop_relu_(self, grad, y):
+        """backprop_relu written into grad, in one pass (Numba) or NumPy's two."""
+        if (grad.dtype != y.dtype or grad.dtype.kind != "f" or grad.shape != y.shape
+                or not grad.flags.writeable or np.may_share_memory(grad, y)):
+            return self.backprop_relu(grad, y)
+        k = _numba.kernels()
+        flat = _flat(grad, y) if grad.strides == y.strides else None
+        if k is not None and grad.dtype.isnative and flat is not None:
+            k.mask_relu(*flat)
+            return grad
+        return np.multiply(grad, np.greater(y, 0), out=grad)
+
     # NumPy reduces along a short last axis element by element (max over rows of 10:
     # 20 us for 256 rows, 2 us on the transposed copy); BLAS sums rows and columns
     # 2-3x faster than np.sum. Fancy indexing replaces the one-hot products.

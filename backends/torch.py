@@ -61,6 +61,16 @@ class TorchBackend(Backend):
         first). A NaN output passes its gradient, as in torch."""
         return self._torch.ops.aten.threshold_backward(grad, y, 0)
 
+    def relu_(self, x):
+        """torch.relu_: into x."""
+        return self._torch.relu_(x)
+
+    def backprop_relu_(self, grad, y):
+        """threshold_backward written into grad."""
+        if grad.shape != y.shape or grad.dtype != y.dtype:
+            return self.backprop_relu(grad, y)
+        return self._torch.ops.aten.threshold_backward.grad_input(grad, y, 0, grad_input=grad)
+
     def batch_sum(self, g):
         return g.sum(0)
 

@@ -389,10 +389,16 @@ def _profile_worker(case: str, steps: int) -> None:
 
         setattr(obj, method, call)
 
+    from backendnn.layers import Layer
+
     for i, layer in enumerate(model.layers):
         for method in ("forward", "backward", "backward_params"):
             if hasattr(layer, method):
                 timed(layer, method, f"{i} {type(layer).__name__}.{method}")
+        # the variants Sequential calls on temporaries (ReLU's in-place ones)
+        for method, label in (("_forward_owned", "forward"), ("_backward_owned", "backward")):
+            if getattr(type(layer), method) is not getattr(Layer, method):
+                timed(layer, method, f"{i} {type(layer).__name__}.{label}")
     timed(model.criterion, "forward", "loss forward")
     timed(model.criterion, "backward", "loss backward")
     timed(opt, "step", "optimizer step")

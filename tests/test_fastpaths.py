@@ -77,6 +77,55 @@ def test_relu_special_values(backend):
     np.testing.assert_array_equal(dx, [0, 0, 0, 0, 5, 6, at_nan])
 
 
+def test_in_place_variants_give_the_same_values(backend, rng):
+    """relu_ and backprop_relu_ (which may write into their first argument) equal relu
+    and backprop_relu, special values included; where a backend writes in place the
+    result is that argument."""
+    z_np = rng.normal(0, 2, (6, 7)).astype(np.float32)
+    z_np[0, :5] = [-np.inf, -0.0, 0.0, np.inf, np.nan]
+    g_np = rng.normal(0, 1, (6, 7)).astype(np.float32)
+    y = backend.relu(backend.asarray(z_np))
+    want_y, want_dx = host(backend, y), host(backend, backend.backprop_relu(backend.asarray(g_np), y))
+    z, g = backend.asarray(z_np.copy()), backend.asarray(g_np.copy())
+    y_ = backend.relu_(z)
+    dx_ = backend.backprop_relu_(g, y_)
+    np.testing.assert_array_equal(host(backend, y_), want_y)
+    np.testing.assert_array_equal(host(backend, dx_), want_dx)
+    if backend.name in ("numpy", "torch"):
+        assert y_ is z and dx_ is g
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "strided", "CNHW"])
+def test_numpy_in_place_variants_equal_portable(numpy_kernels, rng, layout):
+    """NumPy's relu_ and backprop_relu_ on every layout (a strided view is written
+    through, NCHW views of (C, N, H, W) memory as the convolutions return), against
+    the portable kernels; a read-only array or a gradient sharing memory with y gets
+    a new array."""
+    be = get("numpy")
+
+    def make():
+        a = rng.normal(0, 2, (4, 3, 5, 12)).astype(np.float32)
+        if layout == "strided":
+            return a[..., ::2]
+        if layout == "CNHW":
+            return np.ascontiguousarray(a.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+        return np.asfortranarray(a) if layout == "F" else a
+
+    z, g = make(), make()
+    want_y = _portable("relu")(z)
+    want_dx = _portable("backprop_relu")(g, want_y)
+    y = be.relu_(z)
+    dx = be.backprop_relu_(g, y)
+    assert y is z and dx is g
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(dx, want_dx)
+    frozen = make()
+    frozen.flags.writeable = False
+    assert be.relu_(frozen) is not frozen
+    y = be.relu(make())
+    assert be.backprop_relu_(y, y) is not y
+
+
 def test_softmax_cross_entropy_logits_far_apart(backend):
     """Rows whose logits differ by 1e4 (exp overflows unshifted) and rows far below
     the others (a global shift would underflow them to log(0))."""
@@ -199,9 +248,9 @@ def test_arrays_kept_from_one_step_survive_the_next(backend, rng):
 
     x, y = batch()
     kept = {"output": model(x)}
+    kept["relu.y"] = model.layers[1].y  # written in place into Linear's fresh output
     model.criterion(kept["output"], y)
     model.backward()
-    kept["relu.y"] = model.layers[1].y
     kept["loss grad"] = model.criterion.backward()
     for i, p in enumerate(model.parameters()):
         kept[f"grad {i}"] = p.grad

@@ -136,8 +136,10 @@ class DataParallel:
         engine, layers = plan.engine, self.model.layers
         handles = []
         spent = 0.0
+        owned = False  # the criterion's gradient, or this step's scaled copy of it
         for i in range(len(layers) - 1, -1, -1):
-            grad = layers[i]._backward_and_free(grad, input_grad=i > 0)
+            grad = layers[i]._backward_and_free(grad, i > 0, owned)
+            owned = layers[i]._fresh_input_grad
             t0 = time.perf_counter()
             for bucket, a, b, param in plan.puts[i]:
                 g = param.grad

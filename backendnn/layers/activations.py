@@ -14,15 +14,25 @@ class ReLU(Layer):
 
     Keeps its output y (y > 0 exactly where x > 0), which the next layer keeps
     anyway, so the input can be freed. The kernels are the backend's `relu` and
-    `backprop_relu` (NumPy has a faster spelling than np.where).
+    `backprop_relu` (NumPy has a faster spelling than np.where). Inside a Sequential,
+    after a layer that returns fresh arrays (Linear, Conv2d, ...), it writes into that
+    layer's output and input gradient instead of new arrays (`relu_`,
+    `backprop_relu_`), as `torch.nn.ReLU(inplace=True)` would.
     """
 
     def forward(self, x):
         self.y = self.backend.relu(x)
         return self.y
 
+    def _forward_owned(self, x):
+        self.y = self.backend.relu_(x)
+        return self.y
+
     def backward(self, grad):
         return self.backend.backprop_relu(grad, self._need(self.y))
+
+    def _backward_owned(self, grad):
+        return self.backend.backprop_relu_(grad, self._need(self.y))
 
     def _clear(self):
         self.y = None

@@ -84,15 +84,28 @@ class Layer:
 
     Layers take `xp`, device and dtype from their backend and never import an
     array library.
+
+    Temporaries: `_fresh_output` says that `forward` returns a new array that the
+    layer keeps no reference to (nor to any part of it), `_fresh_input_grad` the same
+    of `backward`'s result. Sequential then hands that array to the next layer's
+    `_forward_owned` (the previous layer's `_backward_owned`), which may write its
+    result into it: ReLU does, as PyTorch's `ReLU(inplace=True)`, saving an array and
+    a pass over memory. A subclass that overrides forward (backward) without saying
+    so again is taken not to return fresh arrays.
     """
 
     param_names: tuple[str, ...] = ()
     grad_names: tuple[str, ...] = ()
     buffer_names: tuple[str, ...] = ()
     grad_reduction: str | None = None  # "sum": written for the convention above
+    _fresh_output = False
+    _fresh_input_grad = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        for method, flag in (("forward", "_fresh_output"), ("backward", "_fresh_input_grad")):
+            if method in cls.__dict__ and flag not in cls.__dict__:
+                setattr(cls, flag, False)
         reset = cls.__dict__.get("reset_parameters")
         if reset is not None and not getattr(reset, "_deferrable", False):
             cls.reset_parameters = _deferrable(reset)
@@ -199,13 +212,24 @@ class Layer:
     def _clear(self) -> None:
         """Forget what the last forward pass kept."""
 
-    def _backward_and_free(self, grad, input_grad: bool = True):
-        """The model's backward step for this layer: `backward(grad)`, or where no input
-        gradient is wanted only the parameter gradients (`backward_params`, if the layer
-        has it; returns None); then what forward kept is forgotten, as PyTorch frees
-        saved tensors, so activations do not outlive the step."""
+    def _forward_owned(self, x):
+        """`forward(x)` where x is a temporary nothing else holds (the previous layer's
+        fresh output): a layer may write its result into it."""
+        return self.forward(x)
+
+    def _backward_owned(self, grad):
+        """`backward(grad)` where grad is such a temporary (the next layer's fresh
+        input gradient)."""
+        return self.backward(grad)
+
+    def _backward_and_free(self, grad, input_grad: bool = True, owned: bool = False):
+        """The model's backward step for this layer: `backward(grad)` (`_backward_owned`
+        where `owned` says that grad is a temporary), or where no input gradient is
+        wanted only the parameter gradients (`backward_params`, if the layer has it;
+        returns None); then what forward kept is forgotten, as PyTorch frees saved
+        tensors, so activations do not outlive the step."""
         if input_grad:
-            grad = self.backward(grad)
+            grad = self._backward_owned(grad) if owned else self.backward(grad)
         else:
             getattr(self, "backward_params", self.backward)(grad)
             grad = None

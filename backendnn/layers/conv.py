@@ -87,6 +87,7 @@ class Conv2d(Layer):
 
     param_names = ("weights", "bias")
     grad_names = ("grad_w", "grad_b")
+    _fresh_output = _fresh_input_grad = True  # new arrays on every backend, not kept
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1,
                  padding=0, dilation=1, groups: int = 1, bias: bool = True, *,

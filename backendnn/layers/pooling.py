@@ -10,6 +10,7 @@ class _Pool2d(Layer):
     """Shared by MaxPool2d and AvgPool2d: the window, stride and padding, checked."""
 
     _kind = ""
+    _fresh_output = _fresh_input_grad = True  # new arrays on every backend, not kept
 
     def __init__(self, kernel_size, stride=None, padding=0, *, backend=None,
                  dtype: str = "float32"):

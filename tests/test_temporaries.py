@@ -1,0 +1,183 @@
+"""Sequential's temporaries: a layer that says it returns fresh arrays does, on every
+backend, and ReLU writing into them changes no value, no input and no kept array."""
+import numpy as np
+import pytest
+from conftest import host
+
+from backendnn import (SGD, AvgPool2d, BatchNorm2d, Conv2d, CrossEntropy, Flatten,
+                       Linear, MaxPool2d, ReLU, Sequential)
+from backendnn.layers import Layer
+
+
+def _memory(backend, a):
+    """The NumPy array over `a`'s memory (no copy), or None where there is none."""
+    if backend.name == "numpy":
+        return a
+    if backend.name == "torch":
+        return a.numpy()
+    if backend.name == "array_api_strict":
+        return a._array
+    return None
+
+
+def _kept(obj, seen=None):
+    """Every array reachable from a layer's attributes (saved state, workspaces)."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
+        return [obj]
+    if isinstance(obj, dict):
+        items = obj.values()
+    elif isinstance(obj, (list, tuple)):
+        items = obj
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type) and obj.__class__.__module__.startswith(
+            ("backendnn", "backends")) and not hasattr(obj, "xp"):
+        items = vars(obj).values()
+    else:
+        return []
+    return [a for item in items for a in _kept(item, seen)]
+
+
+def _assert_fresh(backend, out, others, what):
+    mem = _memory(backend, out)
+    if mem is None:
+        pytest.skip(f"no host view of {backend.name} arrays")
+    for other in others:
+        other_mem = _memory(backend, other)
+        if other_mem is not None and other_mem.size:
+            assert not np.shares_memory(mem, other_mem), what
+
+
+LAYERS = {
+    "linear": (lambda b: Linear(12, 5, backend=b), (4, 12)),
+    "conv 3x3 same": (lambda b: Conv2d(16, 16, 3, padding=1, backend=b), (2, 16, 7, 6)),
+    "conv 3 channels": (lambda b: Conv2d(3, 4, 3, padding=1, backend=b), (2, 3, 6, 6)),
+    "conv stride 2": (lambda b: Conv2d(4, 6, 3, stride=2, backend=b), (2, 4, 9, 8)),
+    "conv 1x1": (lambda b: Conv2d(4, 4, 1, bias=False, backend=b), (2, 4, 5, 5)),
+    "conv groups": (lambda b: Conv2d(4, 8, 3, groups=4, padding=1, backend=b), (2, 4, 5, 5)),
+    "max pool 2x2": (lambda b: MaxPool2d(2, backend=b), (2, 3, 6, 8)),
+    "max pool odd": (lambda b: MaxPool2d(2, backend=b), (2, 3, 7, 5)),
+    "max pool 1x1": (lambda b: MaxPool2d(1, backend=b), (2, 3, 4, 4)),
+    "max pool 3x3 padded": (lambda b: MaxPool2d(3, stride=1, padding=1, backend=b), (2, 3, 5, 5)),
+    "avg pool 1x1": (lambda b: AvgPool2d(1, backend=b), (2, 3, 4, 4)),
+    "avg pool 2x2": (lambda b: AvgPool2d(2, backend=b), (2, 3, 6, 6)),
+}
+
+
+@pytest.mark.parametrize("case", LAYERS)
+def test_fresh_outputs_and_input_grads(backend, rng, case):
+    """What `_fresh_output` and `_fresh_input_grad` promise: the result shares no
+    memory with the argument or with anything the layer keeps."""
+    make, shape = LAYERS[case]
+    layer = make(backend)
+    assert layer._fresh_output and layer._fresh_input_grad
+    x = backend.asarray(rng.normal(0, 1, shape).astype(np.float32))
+    y = layer.forward(x)
+    _assert_fresh(backend, y, [x, *_kept(layer)], "forward's output")
+    grad = backend.asarray(rng.normal(0, 1, tuple(y.shape)).astype(np.float32))
+    kept = [grad, *_kept(layer)]
+    gx = layer.backward(grad)
+    _assert_fresh(backend, gx, [*kept, *_kept(layer)], "backward's input gradient")
+
+
+def _model(backend, last_relu=False):
+    layers = [ReLU(backend=backend), Conv2d(2, 16, 3, padding=1, backend=backend),
+              ReLU(backend=backend), MaxPool2d(2, backend=backend),
+              Conv2d(16, 16, 3, padding=1, backend=backend), BatchNorm2d(16, backend=backend),
+              ReLU(backend=backend), Flatten(backend=backend),
+              Linear(16 * 9, 7, backend=backend), ReLU(backend=backend),
+              Linear(7, 3, backend=backend)]
+    if last_relu:  # the criterion's kept gradient goes straight into a ReLU
+        layers.append(ReLU(backend=backend))
+    return Sequential(layers, CrossEntropy(backend=backend))
+
+
+@pytest.mark.parametrize("last_relu", [False, True])
+def test_in_place_relu_changes_nothing_else(backend, rng, last_relu):
+    """A model run by Sequential (ReLUs writing into fresh outputs and gradients)
+    against the same model run layer by layer with plain forward and backward: the
+    same output, input gradient and parameter gradients, bit for bit; the caller's
+    input and the criterion's gradient are not written."""
+    import backendnn
+
+    models = []
+    for _ in range(2):
+        backendnn.seed(3)
+        models.append(_model(backend, last_relu))
+    x_np = rng.normal(0, 1, (4, 2, 6, 6)).astype(np.float32)
+    x = backend.asarray(x_np.copy())
+    y = backend.asarray(rng.integers(0, 3, 4))
+
+    seq, manual = models
+    out = seq(x)
+    seq.criterion(out, y)
+    loss_grad = host(backend, seq.criterion.backward())
+    gx = seq.backward(input_grad=True)
+    np.testing.assert_array_equal(host(backend, x), x_np)
+    np.testing.assert_array_equal(host(backend, seq.criterion.backward()), loss_grad)
+
+    h = x
+    for layer in manual.layers:
+        h = layer.forward(h)
+    manual.criterion(h, y)
+    g = manual.criterion.backward()
+    for layer in reversed(manual.layers):
+        g = layer.backward(g)
+    np.testing.assert_array_equal(host(backend, out), host(backend, h))
+    np.testing.assert_array_equal(host(backend, gx), host(backend, g))
+    for p, q in zip(seq.parameters(), manual.parameters()):
+        np.testing.assert_array_equal(host(backend, p.grad), host(backend, q.grad))
+
+
+def test_training_is_unchanged_by_in_place_relu(rng):
+    """Three SGD steps of a model whose ReLUs write in place and of one whose ReLUs
+    cannot (a subclass without the owned variants): the same weights."""
+
+    class PlainReLU(ReLU):
+        _forward_owned = ReLU.forward
+        _backward_owned = ReLU.backward
+
+    def net(relu):
+        import backendnn
+
+        backendnn.seed(5)
+        return Sequential([Linear(10, 16), relu(), Linear(16, 16), relu(), Linear(16, 4)],
+                          CrossEntropy())
+
+    a, b = net(ReLU), net(PlainReLU)
+    opts = [SGD(a, lr=0.1, momentum=0.9), SGD(b, lr=0.1, momentum=0.9)]
+    for _ in range(3):
+        x = rng.normal(0, 1, (8, 10)).astype(np.float32)
+        y = rng.integers(0, 4, 8)
+        for model, opt in zip((a, b), opts):
+            model.criterion(model(x), y)
+            model.backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        np.testing.assert_array_equal(p.value, q.value)
+
+
+def test_a_subclass_that_overrides_forward_is_not_taken_as_fresh():
+    class KeepsOutput(Linear):
+        def forward(self, x):
+            self.out = super().forward(x)
+            return self.out
+
+    class SaysSo(Linear):
+        _fresh_output = True
+
+        def forward(self, x):
+            return super().forward(x)
+
+    assert Linear._fresh_output and not KeepsOutput._fresh_output
+    assert KeepsOutput._fresh_input_grad  # backward not overridden
+    assert SaysSo._fresh_output
+    assert not Layer._fresh_output and not Flatten._fresh_output
+
+    layer = KeepsOutput(3, 2)
+    model = Sequential([layer, ReLU()])
+    out = model(np.array([[1.0, -2.0, 3.0]], np.float32))
+    assert out is not layer.out
+    assert (layer.out < 0).any() or (out == layer.out).all()
