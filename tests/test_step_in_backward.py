@@ -76,3 +76,23 @@ def test_parameters_outside_the_model_are_still_updated():
     model.backward(optimizer=opt)
     np.testing.assert_allclose(other.weights, before - 0.1)
     assert opt._pending == {}
+
+
+def test_a_params_list_changed_in_place_is_noticed():
+    """The index of parameters by layer is made again when a group's list changes in
+    place: a parameter put in place of another is updated inside backward too."""
+    bn.seed(2)
+    model = _model("numpy", False)
+    opt = bn.SGD(model, lr=0.1)
+    x, y = np.ones((2, 6), np.float32), np.array([0, 1])
+    model.criterion(model(x), y)
+    model.backward(optimizer=opt)
+    other = bn.Linear(6, 8, backend="numpy")
+    params = opt.param_groups[0]["params"]
+    params[0] = other.parameters()[0]  # the same shape as the weights it replaces
+    other.grad_w = np.ones((6, 8), np.float32)
+    before_other, before_first = other.weights.copy(), model.layers[0].weights.copy()
+    model.criterion(model(x), y)
+    model.backward(optimizer=opt)
+    np.testing.assert_allclose(other.weights, before_other - 0.1)
+    np.testing.assert_array_equal(model.layers[0].weights, before_first)

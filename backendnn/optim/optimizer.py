@@ -135,9 +135,9 @@ class Optimizer:
         self._pending = dict(self._by_layer())
 
     def _by_layer(self) -> dict:
-        """{id(layer): [(index, Param, group)]}, made once (groups are fixed after
-        construction; a new list of params in a group is noticed)."""
-        key = tuple(id(group["params"]) for group in self.param_groups)
+        """{id(layer): [(index, Param, group)]}, made again whenever the groups' params
+        change (a new list, or one changed in place)."""
+        key = tuple(tuple(map(id, group["params"])) for group in self.param_groups)
         cached = self.__dict__.get("_layer_index")
         if cached is None or cached[0] != key:
             index, i = {}, 0
