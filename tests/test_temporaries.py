@@ -63,6 +63,8 @@ LAYERS = {
     "max pool 3x3 padded": (lambda b: MaxPool2d(3, stride=1, padding=1, backend=b), (2, 3, 5, 5)),
     "avg pool 1x1": (lambda b: AvgPool2d(1, backend=b), (2, 3, 4, 4)),
     "avg pool 2x2": (lambda b: AvgPool2d(2, backend=b), (2, 3, 6, 6)),
+    "batch norm": (lambda b: BatchNorm2d(3, backend=b), (2, 3, 4, 4)),
+    "batch norm, eval": (lambda b: BatchNorm2d(3, backend=b).eval(), (2, 3, 4, 4)),
 }
 
 
@@ -175,6 +177,7 @@ def test_a_subclass_that_overrides_forward_is_not_taken_as_fresh():
     assert KeepsOutput._fresh_input_grad  # backward not overridden
     assert SaysSo._fresh_output
     assert not Layer._fresh_output and not Flatten._fresh_output
+    assert not BatchNorm2d(3, affine=False)._fresh_output  # y is x_hat, which it keeps
 
     layer = KeepsOutput(3, 2)
     model = Sequential([layer, ReLU()])

@@ -26,6 +26,12 @@ class BatchNorm1d(Layer):
     """
 
     buffer_names = ("running_mean", "running_var")
+    _fresh_input_grad = True  # a new array, not kept
+
+    @property
+    def _fresh_output(self):
+        """y is a new array with affine; without, it is x_hat, which backward reads."""
+        return self.affine
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
                  affine: bool = True, *, backend=None, dtype: str = "float32"):

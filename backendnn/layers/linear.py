@@ -29,8 +29,8 @@ class Linear(Layer):
     """
 
     param_names = ("weights", "bias")
-    _fresh_output = _fresh_input_grad = True  # matmul results, not kept
     grad_names = ("grad_w", "grad_b")
+    _fresh_output = _fresh_input_grad = True  # matmul results, not kept
 
     def __init__(self, n_inp: int, n_out: int, *, init="default", backend=None,
                  dtype: str = "float32"):
