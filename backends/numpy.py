@@ -605,8 +605,8 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
     xbuf, hs, ws = _padded_grid(s.x.transpose(1, 0, 2, 3), s.padding, span, "xgrid")
     gy = grad.transpose(1, 0, 2, 3)  # (O, N, Ho, Wo): a view when grad is our layout
     # dL/dweights: dL/dy on the input's grid (zero past each image's Ho rows and Wo
-    # columns) times the input's shifted windows: kh·kw products summed over chunks
-    # of images, or one product with columns made chunk by chunk
+    # columns) times the input's shifted windows: kh products (one per kernel row)
+    # summed over chunks of images, or one product with columns made chunk by chunk
     gemm = _blas.gemm(dt) if min(o, c) >= _IMPLICIT_MIN_C else None
     # dL/dx's padded dL/dy (below) holds that grid too where their row and image
     # lengths agree (stride 1, "same" padding): one copy of dL/dy serves both
@@ -623,14 +623,26 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
         _place(gyw, gy)
         gyw2 = gyw.reshape(o, n * rows * ws)
     if gemm is not None:
-        gwt = (np.empty if n else np.zeros)((kh, kw, o, c), dtype=dt)  # no image: 0
-        taps = _taps(s.kernel, s.dilation, ws)
-        for n0, _, start, run in _runs(n, _images_per_chunk(n, max(o, c) * hs * ws),
+        # kw copies of the input's grid, copy j shifted by j kernel columns, in rows
+        # (c, j): a kernel row's weight gradient is then one product over c·kw rows,
+        # and BLAS packs dL/dy kh times instead of kh·kw (a one-column kernel reads
+        # the grid itself)
+        dh, dw = s.dilation
+        lift = (kh - 1) * dh * ws
+        gwr = (np.empty if n else np.zeros)((kh, o, c * kw), dtype=dt)  # no image: 0
+        for n0, _, start, run in _runs(n, _images_per_chunk(n, max(o, c * kw) * hs * ws),
                                        hs, ws, ho):
-            for i, j, off in taps:
-                at = start + off
-                gemm(gyw2[:, start:start + run], xbuf[:, at:at + run].T, gwt[i, j], n0 > 0)
-        gw = gwt.transpose(2, 3, 0, 1)
+            if kw == 1:
+                shifted = xbuf[:, start:start + run + lift]
+            else:
+                shifted = _scratch("cols", (c, kw, run + lift), dt)
+                for j in range(kw):
+                    shifted[:, j] = xbuf[:, start + j * dw:start + j * dw + run + lift]
+                shifted = shifted.reshape(c * kw, run + lift)
+            for i in range(kh):
+                rows = shifted[:, i * dh * ws:i * dh * ws + run]
+                gemm(gyw2[:, start:start + run], rows.T, gwr[i], n0 > 0)
+        gw = gwr.reshape(kh, o, c, kw).transpose(1, 2, 0, 3)
     else:
         k = c * kh * kw
         nb = _images_per_chunk(n, k * ho * ws)
