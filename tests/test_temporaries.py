@@ -20,24 +20,26 @@ def _memory(backend, a):
     return None
 
 
-def _kept(obj, seen=None):
-    """Every array reachable from a layer's attributes (saved state, workspaces)."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return []
-    seen.add(id(obj))
-    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
-        return [obj]
-    if isinstance(obj, dict):
-        items = obj.values()
-    elif isinstance(obj, (list, tuple)):
-        items = obj
-    elif hasattr(obj, "__dict__") and not isinstance(obj, type) and obj.__class__.__module__.startswith(
-            ("backendnn", "backends")) and not hasattr(obj, "xp"):
-        items = vars(obj).values()
-    else:
-        return []
-    return [a for item in items for a in _kept(item, seen)]
+def _kept(layer):
+    """Every array reachable from a layer's attributes: its parameters, saved state
+    (tuples, dicts, the backends' saved-state objects) and workspaces."""
+    found, seen, todo = [], set(), list(vars(layer).values())
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if hasattr(obj, "shape") and hasattr(obj, "dtype"):
+            found.append(obj)
+        elif isinstance(obj, dict):
+            todo += obj.values()
+        elif isinstance(obj, (list, tuple)):
+            todo += obj
+        elif type(obj).__module__.startswith("backendnn.") and not hasattr(obj, "xp"):
+            # a backend's saved state (slots or a __dict__); not a backend or a layer
+            names = getattr(type(obj), "__slots__", ()) or vars(obj)
+            todo += [getattr(obj, name, None) for name in names]
+    return found
 
 
 def _assert_fresh(backend, out, others, what):
@@ -77,6 +79,8 @@ def test_fresh_outputs_and_input_grads(backend, rng, case):
     assert layer._fresh_output and layer._fresh_input_grad
     x = backend.asarray(rng.normal(0, 1, shape).astype(np.float32))
     y = layer.forward(x)
+    if layer.param_names:  # the helper finds what a layer keeps
+        assert len(_kept(layer)) > len(layer.param_names)
     _assert_fresh(backend, y, [x, *_kept(layer)], "forward's output")
     grad = backend.asarray(rng.normal(0, 1, tuple(y.shape)).astype(np.float32))
     kept = [grad, *_kept(layer)]
