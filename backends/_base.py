@@ -411,6 +411,12 @@ class Backend:
         loss = xp.log(total[:, 0]) - xp.sum(shifted * one_hot, axis=1)
         return loss, e / total - one_hot
 
+    def checks_labels(self, logits, labels) -> bool:
+        """Whether `softmax_cross_entropy(logits, labels)` raises IndexError for any
+        label outside [0, n_classes), so that the loss need not read the labels first.
+        The portable spelling does not (such a label gets a zero one-hot row)."""
+        return False
+
     def matmul(self, a, b):
         """a @ b, the products of `Linear`; a backend may route them (CuPy does while
         capturing a step).  Shape: (n, k), (k, m) -> (n, m)."""

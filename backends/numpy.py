@@ -146,13 +146,12 @@ class NumpyBackend(Backend):
 
     def softmax_cross_entropy(self, logits, labels):
         """The fallback's maths; labels out of range raise IndexError (or wrap around
-        if negative) instead of giving a zero one-hot row: check them first."""
+        if negative, unless `checks_labels`) instead of giving a zero one-hot row."""
         if logits.ndim != 2 or logits.dtype.kind != "f" or labels.ndim != 1:
             return super().softmax_cross_entropy(logits, labels)
         n, c = logits.shape
-        k = _numba.kernels()
-        if (k is not None and labels.dtype.kind in "iu" and logits.dtype.isnative
-                and n * c <= _NUMBA_CE_MAX):
+        k = _numba_cross_entropy(logits, labels)
+        if k is not None:
             loss = np.empty(n, dtype=logits.dtype)
             e = np.empty((n, c), dtype=logits.dtype)
             k.softmax_cross_entropy(np.ascontiguousarray(logits),
@@ -169,6 +168,11 @@ class NumpyBackend(Backend):
         e /= total[:, None]
         e[rows, labels] -= 1
         return loss, e
+
+    def checks_labels(self, logits, labels):
+        """True where the Numba kernel runs: it raises IndexError for any label outside
+        [0, n_classes), negative ones included."""
+        return _numba_cross_entropy(logits, labels) is not None
 
     # --- convolution and pooling -----------------------------------------------------
     # Stride 1 with one group (most layers) takes the grid path, `conv2d_grid` below:
@@ -221,6 +225,17 @@ _CHUNK = 1 << 17  # elements per chunk of sub_scaled
 # logits (NumPy's exp is SIMD, Numba's a scalar loop).
 _FUSED_SGD_MIN = 1 << 15
 _NUMBA_CE_MAX = 1 << 15
+
+
+def _numba_cross_entropy(logits, labels):
+    """The compiled kernels where softmax_cross_entropy runs the Numba one (float
+    logits (n, c) of at most _NUMBA_CE_MAX values, integer labels (n,)), else None."""
+    k = _numba.kernels()
+    if (k is None or logits.ndim != 2 or labels.ndim != 1 or logits.dtype.kind != "f"
+            or not logits.dtype.isnative or labels.dtype.kind not in "iu"
+            or logits.shape[0] * logits.shape[1] > _NUMBA_CE_MAX):
+        return None
+    return k
 _ONES: dict = {}  # (n, dtype) -> ones(n)
 _ROWS: dict = {}  # n -> arange(n)
 

@@ -372,3 +372,24 @@ def test_backward_frees_the_forward_pass_and_a_second_one_is_refused(backend, in
         model.backward()
     model.loss(x, y)
     model.backward()
+
+
+@pytest.mark.parametrize("check_labels", [True, False])
+def test_cross_entropy_reads_labels_once_where_the_kernel_checks_them(numpy_kernels,
+                                                                       monkeypatch,
+                                                                       check_labels):
+    """NumPy with Numba: the fused kernel refuses labels out of range, so the loss does
+    not take their minimum and maximum first; a bad label still gets the message that
+    names the range. Without Numba (NumPy's spelling wraps negative labels around) the
+    loss checks them first."""
+    loss = CrossEntropy(backend="numpy", check_labels=check_labels)
+    logits = np.zeros((4, 3), dtype=np.float32)
+    calls = []
+    bounds = loss._label_bounds
+    monkeypatch.setattr(loss, "_label_bounds", lambda y: calls.append(1) or bounds(y))
+    loss(logits, np.array([0, 1, 2, 1]))
+    kernel = numpy_kernels == "numba"
+    assert len(calls) == (0 if kernel or not check_labels else 1)
+    if check_labels or kernel:
+        with pytest.raises(ValueError, match=r"\[0, 3\).* from -1 to 2"):
+            loss(logits, np.array([0, -1, 1, 2]))

@@ -262,8 +262,10 @@ def test_trainer_never_reads_dataset_labels_back(backend, bounds_reads):
     val = DataLoader(Dataset(X[:20], y[:20]), batch_size=8)
     Trainer(model, SGD(model, lr=0.1), train, val).train(2, log_level=0)
     assert bounds_reads == []
-    model.criterion(model(backend.asarray(X[:4], dtype="float32")), backend.asarray(y[:4]))
-    assert bounds_reads == [(4,)]  # direct calls keep the check
+    logits, labels = model(backend.asarray(X[:4], dtype="float32")), backend.asarray(y[:4])
+    model.criterion(logits, labels)
+    # direct calls keep the check, where the fused kernel does not make it itself
+    assert bounds_reads == ([] if backend.checks_labels(logits, labels) else [(4,)])
 
 
 def test_other_loaders_keep_the_per_batch_check(backend, bounds_reads):
@@ -272,7 +274,8 @@ def test_other_loaders_keep_the_per_batch_check(backend, bounds_reads):
     batches = [(backend.asarray(X[i:i + 8], dtype="float32"), backend.asarray(y[i:i + 8]))
                for i in (0, 8)]
     Trainer(model, SGD(model, lr=0.1), batches).train(1, log_level=0)
-    assert bounds_reads == [(8,), (8,)]
+    kernel = backend.checks_labels(model(batches[0][0]), batches[0][1])
+    assert bounds_reads == ([] if kernel else [(8,), (8,)])
 
 
 def test_labels_outside_the_outputs_stop_training_before_any_update(backend, bounds_reads):

@@ -24,8 +24,9 @@ class CrossEntropy(Loss):
         label_smoothing: ε in [0, 1): the target becomes (1 - ε) t + ε / n_classes.
         check_labels: check that integer labels lie in [0, n_classes). It reads two
             numbers back from the device each call, except inside `labels_known` (which
-            the Trainer uses for a Dataset's labels); switch it off only for data already
-            checked.
+            the Trainer uses for a Dataset's labels) and where the backend's fused
+            kernel refuses such labels itself (NumPy with Numba); switch it off only
+            for data already checked.
 
     Shape: y_hat (batch, n_classes) logits; y either integer labels (batch,) or
     (batch, 1), or targets of the logits' shape (batch, n_classes): one-hot or class
@@ -75,9 +76,14 @@ class CrossEntropy(Loss):
             raise ValueError(msg)
         soft = y.ndim == 2 and tuple(y.shape) == (n, c) and c > 1
         if not soft:
-            y = self._labels(y_hat, y)
-            if self.weight is None and not self.label_smoothing:
-                loss, grad = self.backend.softmax_cross_entropy(y_hat, y)
+            fused = self.weight is None and not self.label_smoothing
+            y = self._labels(y_hat, y, fused)
+            if fused:
+                try:
+                    loss, grad = self.backend.softmax_cross_entropy(y_hat, y)
+                except IndexError:  # a kernel that checks labels (checks_labels) found one
+                    self._check_range(y_hat, *self._label_bounds(y))
+                    raise
                 scale = 1.0 / max(n, 1)
                 if self.backend.inplace:  # grad is new: scale it without a second array
                     grad *= scale
@@ -115,7 +121,9 @@ class CrossEntropy(Loss):
             w = self._w = self.backend.asarray(self.weight, dtype=dtype)
         return w
 
-    def _labels(self, y_hat, y):
+    def _labels(self, y_hat, y, fused=False):
+        """y as labels (n,), checked; their range is left to the backend's fused
+        kernel (`fused`) where that kernel refuses labels out of range itself."""
         xp = self.xp
         if y.ndim == 2 and y.shape[1] == 1:
             y = xp.reshape(y, (y.shape[0],))
@@ -135,16 +143,21 @@ class CrossEntropy(Loss):
             raise TypeError(msg)
         if self.check_labels and y.shape[0]:
             known = self._known_range
-            lo, hi = known if known is not None else self._label_bounds(y)
-            if lo < 0 or hi >= y_hat.shape[1]:
-                where = "the dataset's labels range" if known is not None else "got values"
-                msg = (
-                    f"CrossEntropy: labels must lie in [0, {y_hat.shape[1]}) for "
-                    f"{y_hat.shape[1]} classes (the model's outputs), {where} from {lo} to "
-                    f"{hi}: number the classes 0..n-1 and give the last layer n outputs"
-                )
-                raise ValueError(msg)
+            if known is not None:
+                self._check_range(y_hat, *known, where="the dataset's labels range")
+            elif not (fused and self.backend.checks_labels(y_hat, y)):
+                self._check_range(y_hat, *self._label_bounds(y))
         return y
+
+    @staticmethod
+    def _check_range(y_hat, lo, hi, where="got values"):
+        if lo < 0 or hi >= y_hat.shape[1]:
+            msg = (
+                f"CrossEntropy: labels must lie in [0, {y_hat.shape[1]}) for "
+                f"{y_hat.shape[1]} classes (the model's outputs), {where} from {lo} to "
+                f"{hi}: number the classes 0..n-1 and give the last layer n outputs"
+            )
+            raise ValueError(msg)
 
     def _label_bounds(self, y) -> tuple[int, int]:
         """The smallest and largest label, read back from the device (a sync)."""
