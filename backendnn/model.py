@@ -82,22 +82,30 @@ class Sequential:
         between the two (no gradient clipping, no callback reading them).
         """
         grad = self._criterion().backward()
-        layers = self.layers
         if optimizer is not None:
             optimizer._begin_step()
-        owned = False  # the criterion keeps its gradient
         try:
-            for i in range(len(layers) - 1, -1, -1):
-                grad = layers[i]._backward_and_free(grad, i > 0 or input_grad, owned)
-                owned = layers[i]._fresh_input_grad
+            for i, grad in self._backpropagate(grad, input_grad):
                 if optimizer is not None:
-                    optimizer._step_layer(layers[i])
+                    optimizer._step_layer(self.layers[i])
             if optimizer is not None:
                 optimizer._end_step()
         finally:
             if optimizer is not None:
                 optimizer._pending = {}
         return grad if input_grad else None
+
+    def _backpropagate(self, grad, input_grad: bool = False):
+        """Yield (i, dL/d input of layer i) after each layer's backward, last layer to
+        first (None for the first layer unless `input_grad`), each layer's cache freed;
+        a layer's fresh input gradient goes to the layer before as its own temporary.
+        The loop of `backward` and of DataParallel's."""
+        layers = self.layers
+        owned = False  # the criterion keeps its gradient
+        for i in range(len(layers) - 1, -1, -1):
+            grad = layers[i]._backward_and_free(grad, i > 0 or input_grad, owned)
+            owned = layers[i]._fresh_input_grad
+            yield i, grad
 
     def predict(self, X, batch_size: int | None = None):
         """The model's outputs for `X` as a host NumPy array, in eval mode (Dropout off,

@@ -133,13 +133,10 @@ class DataParallel:
         """Sequential.backward, last layer to first, starting each gradient bucket's
         allreduce as soon as its last gradient exists."""
         plan = self._plan or self._make_plan()
-        engine, layers = plan.engine, self.model.layers
+        engine = plan.engine
         handles = []
         spent = 0.0
-        owned = False  # the criterion's gradient, or this step's scaled copy of it
-        for i in range(len(layers) - 1, -1, -1):
-            grad = layers[i]._backward_and_free(grad, i > 0, owned)
-            owned = layers[i]._fresh_input_grad
+        for i, _ in self.model._backpropagate(grad):
             t0 = time.perf_counter()
             for bucket, a, b, param in plan.puts[i]:
                 g = param.grad
