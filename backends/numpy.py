@@ -236,6 +236,8 @@ def _numba_cross_entropy(logits, labels):
             or logits.shape[0] * logits.shape[1] > _NUMBA_CE_MAX):
         return None
     return k
+
+
 _ONES: dict = {}  # (n, dtype) -> ones(n)
 _ROWS: dict = {}  # n -> arange(n)
 
@@ -655,8 +657,8 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
                     shifted[:, j] = xbuf[:, start + j * dw:start + j * dw + run + lift]
                 shifted = shifted.reshape(c * kw, run + lift)
             for i in range(kh):
-                rows = shifted[:, i * dh * ws:i * dh * ws + run]
-                gemm(gyw2[:, start:start + run], rows.T, gwr[i], n0 > 0)
+                window = shifted[:, i * dh * ws:i * dh * ws + run]
+                gemm(gyw2[:, start:start + run], window.T, gwr[i], n0 > 0)
         gw = gwr.reshape(kh, o, c, kw).transpose(1, 2, 0, 3)
     else:
         k = c * kh * kw
