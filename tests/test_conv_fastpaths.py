@@ -44,6 +44,7 @@ def test_grid_conv_equals_portable(numpy_kernels, rng, case, dtype, path, chunk,
     if chunk == "image":
         monkeypatch.setattr(npb, "_GRID_COLS", 64)  # the chunk loop runs once per image
     monkeypatch.setattr(npb, "_IMPLICIT_MIN_C", CONV_PATHS[path])
+    monkeypatch.setattr(npb, "_KEPT_COLUMNS", 0)  # the grid even for few channels
     x = rng.normal(size=(n, c, h, w)).astype(dtype)
     wt = rng.normal(size=(o, c, kh, kw)).astype(dtype)
     b = rng.normal(size=(o,)).astype(dtype)
@@ -70,6 +71,7 @@ def test_grid_conv_of_an_empty_batch_has_zero_gradients(path, monkeypatch):
     from backendnn.backends import numpy as npb
 
     monkeypatch.setattr(npb, "_IMPLICIT_MIN_C", CONV_PATHS[path])
+    monkeypatch.setattr(npb, "_KEPT_COLUMNS", 0)
     be = get("numpy")
     x = np.zeros((0, 4, 5, 5), np.float32)
     w = np.ones((3, 4, 3, 3), np.float32)
@@ -162,3 +164,48 @@ def test_numba_cross_entropy_refuses_labels_out_of_range(bad):
     logits = np.zeros((3, 5), np.float32)
     with pytest.raises(IndexError, match="outside"):
         get("numpy").softmax_cross_entropy(logits, np.array([0, bad, 1]))
+
+
+def test_few_input_channels_keep_their_columns():
+    from backendnn.backends import numpy as npb
+
+    assert npb.keeps_columns((32, 3, 3, 3))  # RGB to 32 channels: 27 rows <= 2 x 32
+    assert npb.keeps_columns((16, 1, 3, 3))  # grey images
+    assert not npb.keeps_columns((32, 8, 3, 3))  # 72 rows > 2 x 32
+    assert not npb.keeps_columns((64, 32, 3, 3))  # the grid's products pay
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("groups", [1, 3])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_kept_columns_equal_portable(rng, dtype, groups, bias):
+    """The columns path with its row of ones (one group with a bias) or without, for
+    the layer before its backward and for a second backward after dL/dx reused the
+    buffer."""
+    from backendnn.backends import numpy as npb
+
+    be = get("numpy")
+    n, c, h, w, o = 3, 3, 7, 6, 15
+    x = rng.normal(size=(n, c, h, w)).astype(dtype)
+    wt = rng.normal(size=(o, c // groups, 3, 3)).astype(dtype)
+    b = rng.normal(size=(o,)).astype(dtype) if bias else None
+    pad = (1, 1, 1, 1)
+    y_ref, saved_ref = Backend.conv2d(be, x, wt, b, (1, 1), pad, (1, 1), groups)
+    g = rng.normal(size=y_ref.shape).astype(dtype)
+    want = Backend.backprop_conv2d(be, g, saved_ref, True)
+    workspace = {}
+    for _ in range(2):  # the second forward reuses the workspace's buffers
+        y, saved = be.conv2d(x, wt, b, (1, 1), pad, (1, 1), groups, workspace)
+        assert isinstance(saved, npb._ConvSaved)
+        np.testing.assert_allclose(y, y_ref, **TOL[dtype])
+        for _ in range(2):  # a second backward rebuilds the columns dL/dx overwrote
+            got = be.backprop_conv2d(g, saved, True)
+            for a, e in zip(got, want):
+                if e is None:
+                    assert a is None
+                    continue
+                assert a.dtype == np.dtype(dtype) and a.shape == e.shape
+                np.testing.assert_allclose(a, e, **TOL[dtype])
+        _, gw, gb = be.backprop_conv2d(g, saved, False)
+        np.testing.assert_allclose(gw, want[1], **TOL[dtype])
+        assert (gb is None) == (not bias)
