@@ -178,7 +178,7 @@ class NumpyBackend(Backend):
     # Stride 1 with one group (most layers) takes the grid path, `conv2d_grid` below:
     # BLAS products on shifted windows of the flat padded input (or columns made from
     # them in chunks), and dL/dx is a convolution with the flipped kernel (no col2im).
-    # Other shapes, and layers with few input channels (`keeps_columns`), take the
+    # Other shapes, and layers with few input channels (`few_channels`), take the
     # columns path. One layout inside: channels first, then the batch, (C, N, H, W);
     # the result is returned as an NCHW view of it (ReLU and pooling keep that layout,
     # so the next layer's copy into its padded grid reads contiguous rows). The columns
@@ -192,9 +192,11 @@ class NumpyBackend(Backend):
         above); float only."""
         if x.dtype.kind != "f" or x.dtype != weights.dtype:
             return super().conv2d(x, weights, bias, stride, padding, dilation, groups)
-        if (grid_fits(x.shape, weights.shape, stride, padding, dilation, groups)
-                and not keeps_columns(weights.shape)):
-            return conv2d_grid(x, weights, bias, padding, dilation)
+        if grid_fits(x.shape, weights.shape, stride, padding, dilation, groups):
+            if not few_channels(weights.shape):
+                return conv2d_grid(x, weights, bias, padding, dilation)
+            return conv2d_columns(np, x, weights, bias, stride, padding, dilation, groups,
+                                  None, keep=False)
         return conv2d_columns(np, x, weights, bias, stride, padding, dilation, groups,
                               workspace)
 
@@ -323,7 +325,11 @@ def _windows(lib, xpad, kernel, stride, dilation, out):
     return lib.lib.stride_tricks.as_strided(xpad, shape=shape, strides=strides)
 
 
-def conv2d_columns(lib, x, weights, bias, stride, padding, dilation, groups, workspace):
+def conv2d_columns(lib, x, weights, bias, stride, padding, dilation, groups, workspace,
+                   keep=True):
+    """The columns path; with `keep` False the columns are a temporary of forward and
+    backward builds them again from the kept padded input (less memory between the
+    two)."""
     n, c, h, w = x.shape
     o, cg, kh, kw = weights.shape
     pt, pb, pl, pr = padding
@@ -337,7 +343,8 @@ def conv2d_columns(lib, x, weights, bias, stride, padding, dilation, groups, wor
     # one group with a bias: a row of ones under the columns, so that the product adds
     # the bias and backward's product gives its gradient (no pass over y or dL/dy)
     ones = groups == 1 and bias is not None
-    buf = _buffer(lib, workspace, "cols", (k + ones, m), dt)
+    buf = (_buffer(lib, workspace, "cols", (k + ones, m), dt) if keep
+           else lib.empty((k + ones, m), dtype=dt))
     cols = buf[:k]
     cols.reshape(c, kh, kw, n, ho, wo)[...] = _windows(lib, xpad, (kh, kw), stride,
                                                         dilation, (ho, wo))
@@ -352,7 +359,8 @@ def conv2d_columns(lib, x, weights, bias, stride, padding, dilation, groups, wor
     if bias is not None and not ones:
         y += bias[:, None]
     saved = _ConvSaved()
-    saved.cols, saved.cols_valid, saved.xpad, saved.weights = buf, True, xpad, weights
+    saved.cols, saved.cols_valid = (buf, True) if keep else (buf.shape, False)
+    saved.xpad, saved.weights = xpad, weights
     saved.x_shape, saved.kernel, saved.stride = (n, c, h, w), (kh, kw), stride
     saved.padding, saved.dilation, saved.groups = padding, dilation, groups
     saved.out, saved.has_bias = (ho, wo), bias is not None
@@ -368,8 +376,12 @@ def backprop_conv2d_columns(lib, grad, s, input_grad=True):
     ho, wo = s.out
     g = s.groups
     m, k = n * ho * wo, c * kh * kw
+    if isinstance(s.cols, tuple):  # forward did not keep them
+        s.cols = lib.empty(s.cols, dtype=grad.dtype)
+        if s.cols.shape[0] > k:
+            s.cols[k] = 1
     cols = s.cols[:k]  # then the row of ones, where forward added the bias with it
-    if not s.cols_valid:  # a second backward after the first reused the columns
+    if not s.cols_valid:  # not kept, or a second backward after dL/dx reused them
         cols.reshape(c, kh, kw, n, ho, wo)[...] = _windows(lib, s.xpad, s.kernel, s.stride,
                                                             s.dilation, s.out)
         s.cols_valid = True
@@ -457,9 +469,9 @@ _GRID_COLS = 1 << 19  # elements of a column chunk or product chunk (2 MiB in fl
 # 32x32 layer's forward and backward took 1.03x the columns' time at 4 channels, 0.96x
 # at 8, 0.84x at 16
 _IMPLICIT_MIN_C = 16
-# the most column rows per output channel that a layer keeps between forward and
-# backward rather than take the grid (keeps_columns)
-_KEPT_COLUMNS = 2
+# the most column rows per output channel for which a layer takes the columns path
+# rather than the grid (few_channels)
+_FEW_CHANNELS = 2
 _SCRATCH = threading.local()  # per-thread buffers used within one call, kept for the next
 
 
@@ -470,15 +482,16 @@ class _GridSaved:
                  "has_bias")
 
 
-def keeps_columns(weights_shape) -> bool:
+def few_channels(weights_shape) -> bool:
     """Whether a stride-1 convolution takes the columns path even where the grid fits:
-    few input channels (a first layer on RGB or grey images), whose columns, kept from
-    forward for backward, are at most _KEPT_COLUMNS times the size of the output. The
-    grid would build the same columns in chunks twice (forward, then backward again)
-    and copy the products out of the grid; a 3-to-32-channel 32x32 layer's forward and
-    weight gradient took 7.1 ms on the grid and 4.9 ms with kept columns."""
+    few input channels (a first layer on RGB or grey images), with at most
+    _FEW_CHANNELS column rows per output channel. The grid would build columns for
+    them too, in chunks, and copy each chunk's products out of the grid; the columns
+    path writes its result with its product, bias included. The columns are built in
+    forward and again in backward, not kept in between (at the start and at the end of
+    the step, when few activations are alive)."""
     o, c, kh, kw = weights_shape
-    return c < _IMPLICIT_MIN_C and c * kh * kw <= _KEPT_COLUMNS * o
+    return c < _IMPLICIT_MIN_C and c * kh * kw <= _FEW_CHANNELS * o
 
 
 def grid_fits(x_shape, weights_shape, stride, padding, dilation, groups) -> bool:

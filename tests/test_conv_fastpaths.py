@@ -44,7 +44,7 @@ def test_grid_conv_equals_portable(numpy_kernels, rng, case, dtype, path, chunk,
     if chunk == "image":
         monkeypatch.setattr(npb, "_GRID_COLS", 64)  # the chunk loop runs once per image
     monkeypatch.setattr(npb, "_IMPLICIT_MIN_C", CONV_PATHS[path])
-    monkeypatch.setattr(npb, "_KEPT_COLUMNS", 0)  # the grid even for few channels
+    monkeypatch.setattr(npb, "_FEW_CHANNELS", 0)  # the grid even for few channels
     x = rng.normal(size=(n, c, h, w)).astype(dtype)
     wt = rng.normal(size=(o, c, kh, kw)).astype(dtype)
     b = rng.normal(size=(o,)).astype(dtype)
@@ -71,7 +71,7 @@ def test_grid_conv_of_an_empty_batch_has_zero_gradients(path, monkeypatch):
     from backendnn.backends import numpy as npb
 
     monkeypatch.setattr(npb, "_IMPLICIT_MIN_C", CONV_PATHS[path])
-    monkeypatch.setattr(npb, "_KEPT_COLUMNS", 0)
+    monkeypatch.setattr(npb, "_FEW_CHANNELS", 0)
     be = get("numpy")
     x = np.zeros((0, 4, 5, 5), np.float32)
     w = np.ones((3, 4, 3, 3), np.float32)
@@ -166,22 +166,22 @@ def test_numba_cross_entropy_refuses_labels_out_of_range(bad):
         get("numpy").softmax_cross_entropy(logits, np.array([0, bad, 1]))
 
 
-def test_few_input_channels_keep_their_columns():
+def test_few_input_channels_take_the_columns_path():
     from backendnn.backends import numpy as npb
 
-    assert npb.keeps_columns((32, 3, 3, 3))  # RGB to 32 channels: 27 rows <= 2 x 32
-    assert npb.keeps_columns((16, 1, 3, 3))  # grey images
-    assert not npb.keeps_columns((32, 8, 3, 3))  # 72 rows > 2 x 32
-    assert not npb.keeps_columns((64, 32, 3, 3))  # the grid's products pay
+    assert npb.few_channels((32, 3, 3, 3))  # RGB to 32 channels: 27 rows <= 2 x 32
+    assert npb.few_channels((16, 1, 3, 3))  # grey images
+    assert not npb.few_channels((32, 8, 3, 3))  # 72 rows > 2 x 32
+    assert not npb.few_channels((64, 32, 3, 3))  # the grid's products pay
 
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("groups", [1, 3])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_kept_columns_equal_portable(rng, dtype, groups, bias):
-    """The columns path with its row of ones (one group with a bias) or without, for
-    the layer before its backward and for a second backward after dL/dx reused the
-    buffer."""
+def test_columns_equal_portable(rng, dtype, groups, bias):
+    """The columns path with its row of ones (one group with a bias) or without: built
+    again in backward (few channels, stride 1) or kept from forward (groups), and
+    built again for a second backward after dL/dx reused their buffer."""
     from backendnn.backends import numpy as npb
 
     be = get("numpy")
