@@ -183,10 +183,11 @@ class NumpyBackend(Backend):
     # the result is returned as an NCHW view of it (ReLU and pooling keep that layout,
     # so the next layer's copy into its padded grid reads contiguous rows). The columns
     # path keeps its padded input and one (C·kh·kw, N·Ho·Wo) column buffer in the
-    # layer's workspace, with a row of ones under it for the bias; forward is one BLAS
-    # product [W | b] @ columns; backward is [grad_w | grad_b] = grad @ columns.T, then
-    # the input's columns W.T @ grad, written into the same buffer, and col2im adds its
-    # kh·kw slices.
+    # layer's workspace (few channels: the columns are built again in backward), with
+    # a row of ones under it for the bias; forward is one BLAS product [W | b] @
+    # columns; backward is [grad_w | grad_b] = grad @ columns.T, then the input's
+    # columns W.T @ grad, written into the same buffer, and col2im adds its kh·kw
+    # slices.
     def conv2d(self, x, weights, bias, stride, padding, dilation, groups, workspace=None):
         """BLAS products on the padded input's windows or columns (see the comment
         above); float only."""
@@ -301,7 +302,8 @@ def _arange(n: int) -> np.ndarray:
 
 # --- convolution helpers shared with the CuPy backend (`lib` is numpy or cupy) --------
 class _ConvSaved:
-    """What conv2d_columns keeps for backward."""
+    """What conv2d_columns keeps for backward (`cols`: the column buffer, or its shape
+    where forward did not keep it)."""
 
     __slots__ = ("cols", "cols_valid", "xpad", "weights", "x_shape", "kernel", "stride",
                  "padding", "dilation", "groups", "out", "has_bias")
@@ -342,7 +344,7 @@ def conv2d_columns(lib, x, weights, bias, stride, padding, dilation, groups, wor
     m, k = n * ho * wo, c * kh * kw
     # one group with a bias: a row of ones under the columns, so that the product adds
     # the bias and backward's product gives its gradient (no pass over y or dL/dy)
-    ones = groups == 1 and bias is not None
+    ones = groups == 1 and bias is not None and bias.dtype == dt
     buf = (_buffer(lib, workspace, "cols", (k + ones, m), dt) if keep
            else lib.empty((k + ones, m), dtype=dt))
     cols = buf[:k]
