@@ -209,3 +209,64 @@ def test_columns_equal_portable(rng, dtype, groups, bias):
         _, gw, gb = be.backprop_conv2d(g, saved, False)
         np.testing.assert_allclose(gw, want[1], **TOL[dtype])
         assert (gb is None) == (not bias)
+
+
+def test_grid_activation_is_known_by_its_base_only(rng):
+    from backendnn.backends import numpy as npb
+
+    x, base, lead, hs, ws = npb.new_grid(2, 3, 4, 5, np.float32)
+    assert (hs, ws, lead) == (5, 6, 7)
+    x[...] = rng.normal(size=x.shape)
+    assert not base[:, :lead].any() and not base[:, lead + 3 * hs * ws:].any()
+    assert npb.grid_of(x)[0] is base
+    assert npb._padded_grid(x, (1, 1, 1, 1), (2, 2), "xgrid")[0] is base  # no copy
+    # a copy, a part, or another padding is copied as before
+    assert npb.grid_of(x.copy()) is None and npb.grid_of(x[:, :2]) is None
+    assert npb._padded_grid(x, (2, 2, 2, 2), (4, 4), "xgrid")[0] is not base
+    grid = base[:, lead:lead + 3 * hs * ws].reshape(2, 3, hs, ws)
+    assert not grid[:, :, 4].any() and not grid[:, :, :, 5].any()  # zeros all round
+    assert np.count_nonzero(base) == x.size
+
+
+def _cnn(be, c=16):
+    import backendnn as bn
+
+    bn.seed(3)
+    return bn.Sequential([
+        bn.Conv2d(3, c, 3, padding=1, backend=be), bn.ReLU(backend=be),
+        bn.MaxPool2d(2, backend=be), bn.Conv2d(c, c, 3, padding=1, backend=be),
+        bn.ReLU(backend=be), bn.MaxPool2d(2, backend=be),
+        bn.Conv2d(c, c, 3, padding=1, backend=be), bn.ReLU(backend=be),
+        bn.MaxPool2d(2, backend=be), bn.Flatten(backend=be), bn.Linear(c, 5, backend=be)],
+        bn.CrossEntropy(backend=be), backend=be)
+
+
+def test_pooled_activations_feed_the_next_convolution_in_place(numpy_kernels, rng,
+                                                                monkeypatch):
+    """Max pooling writes its output (and its input gradient) into padded grids, which
+    the convolutions after (before) it read without a copy; the step's values are the
+    portable backend's."""
+    from conftest import host
+
+    from backendnn.backends import numpy as npb
+
+    copies = []
+    place = npb._place
+    monkeypatch.setattr(npb, "_place", lambda grid, src: (copies.append(src.shape),
+                                                          place(grid, src)))
+    x = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    y = np.array([0, 4])
+    got = {}
+    for name in ("numpy", "array_api_strict"):
+        be = get(name)
+        model = _cnn(be)
+        out = model(be.asarray(x))
+        loss = model.criterion(out, be.asarray(y))
+        model.backward()
+        got[name] = [host(be, out), host(be, loss)] + [host(be, p.grad)
+                                                       for p in model.parameters()]
+    assert len(got["numpy"]) == 2 + 8
+    if numpy_kernels == "numba":  # the grids come with the compiled pooling kernels
+        assert copies == []
+    for a, b in zip(got["numpy"], got["array_api_strict"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
