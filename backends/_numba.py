@@ -161,22 +161,21 @@ def _define(numba):
             e[r, k] -= 1
 
     @jit
-    def max_pool2x2(xb, xl, xhs, xws, yb, lead, hs, ws, idx):
+    def max_pool2x2(x, yb, lead, hs, ws, idx):
         """y, idx (A, B, H//2, W//2) = the maximum of each 2x2 window of x (A, B, H, W)
         and its offset 0..3 in row-major order, the first of equal maxima (as torch).
-        x and y are given by their flat rows, xb and yb (A, ...): row i of (a, b)
-        of y starts at lead + (b·hs + i)·ws (a plain array: lead 0, hs, ws its own
-        sizes; a padded grid: its geometry); x's likewise. Branch-free enough to
-        vectorise, so NaN is not looked for: returns whether x held a NaN or an
-        infinity, and the caller then runs max_pool2x2_nan."""
+        y is given by its flat rows yb (A, ...): row i of (a, b) starts at
+        lead + (b·hs + i)·ws (a plain array: lead 0, hs, ws its own sizes; a padded
+        grid: its geometry). Branch-free enough to vectorise, so NaN is not looked
+        for: returns whether x held a NaN or an infinity, and the caller then runs
+        max_pool2x2_nan."""
         a_n, b_n, ho, wo = idx.shape
         bad = 0.0
         for a in range(a_n):
-            rows, xrows = yb[a], xb[a]
+            rows = yb[a]
             for b in range(b_n):
                 for i in range(ho):
-                    t = xl + (b * xhs + 2 * i) * xws
-                    top, bottom = xrows[t:t + 2 * wo], xrows[t + xws:t + xws + 2 * wo]
+                    top, bottom = x[a, b, 2 * i], x[a, b, 2 * i + 1]
                     s = lead + (b * hs + i) * ws
                     yr, ir = rows[s:s + wo], idx[a, b, i]
                     for j in range(wo):
@@ -198,16 +197,15 @@ def _define(numba):
         return bad != bad
 
     @jit
-    def max_pool2x2_nan(xb, xl, xhs, xws, yb, lead, hs, ws, idx):
+    def max_pool2x2_nan(x, yb, lead, hs, ws, idx):
         """max_pool2x2 where a NaN wins its window, at the offset of its last NaN (as
         torch's CPU kernel); 6x slower."""
         a_n, b_n, ho, wo = idx.shape
         for a in range(a_n):
-            rows, xrows = yb[a], xb[a]
+            rows = yb[a]
             for b in range(b_n):
                 for i in range(ho):
-                    t = xl + (b * xhs + 2 * i) * xws
-                    top, bottom = xrows[t:t + 2 * wo], xrows[t + xws:t + xws + 2 * wo]
+                    top, bottom = x[a, b, 2 * i], x[a, b, 2 * i + 1]
                     s = lead + (b * hs + i) * ws
                     yr, ir = rows[s:s + wo], idx[a, b, i]
                     for j in range(wo):
@@ -243,18 +241,19 @@ def _define(numba):
                         bottom[2 * j + 1] = v if q == 3 else zero
 
     @jit
-    def mask_relu_rows(gb, gl, ghs, gws, yb, yl, yhs, yws, b_n, h, w):
-        """mask_relu for a gradient and a y (A, B, H, W) each given by flat rows (as
-        max_pool2x2's y: a padded grid, or plain memory): grad = 0 where not y > 0."""
+    def mask_grid_relu(gb, lead, hs, ws, y):
+        """mask_relu for a gradient in a padded grid's flat rows gb (as max_pool2x2's y)
+        and y (A, B, H, W) with contiguous rows: grad = 0 where not y > 0."""
         zero = gb.dtype.type(0)
-        for a in range(gb.shape[0]):
-            grows, yrows = gb[a], yb[a]
+        a_n, b_n, h, w = y.shape
+        for a in range(a_n):
+            rows = gb[a]
             for b in range(b_n):
                 for i in range(h):
-                    s, t = gl + (b * ghs + i) * gws, yl + (b * yhs + i) * yws
-                    g, v = grows[s:s + w], yrows[t:t + w]
+                    s = lead + (b * hs + i) * ws
+                    g, t = rows[s:s + w], y[a, b, i]
                     for j in range(w):
-                        g[j] = g[j] if v[j] > 0 else zero
+                        g[j] = g[j] if t[j] > 0 else zero
 
     @jit
     def crop_add(src, out, bias):
@@ -273,5 +272,4 @@ def _define(numba):
                                  backprop_relu=backprop_relu, mask_relu=mask_relu,
                                  softmax_cross_entropy=softmax_cross_entropy,
                                  max_pool2x2=max_pool2x2, max_pool2x2_nan=max_pool2x2_nan,
-                                 max_unpool2x2=max_unpool2x2,
-                                 mask_relu_rows=mask_relu_rows)
+                                 max_unpool2x2=max_unpool2x2, mask_grid_relu=mask_grid_relu)

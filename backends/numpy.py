@@ -67,14 +67,9 @@ class NumpyBackend(Backend):
         return np.multiply(grad, np.greater(y, 0))
 
     def relu_(self, x):
-        """relu written into x (where x is a writable float array); into the whole of
-        its padded grid where it lies in one (the zeros around stay zeros)."""
+        """relu written into x (where x is a writable float array)."""
         if x.dtype.kind != "f" or not x.flags.writeable:
             return self.relu(x)
-        found = grid_of(x.transpose(1, 0, 2, 3)) if x.ndim == 4 else None
-        if found is not None:
-            found[0].clip(0, np.inf, out=found[0])
-            return x
         return x.clip(0, np.inf, out=x)
 
     def backprop_relu_(self, grad, y):
@@ -89,10 +84,9 @@ class NumpyBackend(Backend):
             return grad
         if k is not None and grad.ndim == 4 and grad.dtype.isnative:
             gt, yt = grad.transpose(1, 0, 2, 3), y.transpose(1, 0, 2, 3)
-            rows = _rows_of(gt), _rows_of(yt)  # padded grids (channels first)
-            if None not in rows:
-                c, n, h, w = gt.shape
-                k.mask_relu_rows(*rows[0], *rows[1], n, h, w)
+            found = grid_of(gt)
+            if found is not None and yt.flags.c_contiguous:
+                k.mask_grid_relu(*found, yt)
                 return grad
         return np.multiply(grad, np.greater(y, 0), out=grad)
 
@@ -209,11 +203,6 @@ class NumpyBackend(Backend):
         if grid_fits(x.shape, weights.shape, stride, padding, dilation, groups):
             if not few_channels(weights.shape):
                 return conv2d_grid(x, weights, bias, padding, dilation)
-            if (weights.shape[2:] == (3, 3) and tuple(padding) == (1, 1, 1, 1)
-                    and tuple(dilation) == (1, 1) and _blas.gemm(x.dtype) is not None
-                    and _numba.kernels() is not None
-                    and (bias is None or bias.dtype == x.dtype)):
-                return conv2d_few(x, weights, bias)
             return conv2d_columns(np, x, weights, bias, stride, padding, dilation, groups,
                                   None, keep=False)
         return conv2d_columns(np, x, weights, bias, stride, padding, dilation, groups,
@@ -663,12 +652,8 @@ def _padded_grid(x, padding, span, name):
 # padding 1 writes it into the interior of such a grid, zeros around: that
 # convolution then reads it in place instead of copying it into its own padded grid
 # (forward, and again in backward for its weight gradient; dL/dy too). 2x2 max
-# pooling does so, forward and backward, and a few-channel first convolution
-# (`conv2d_few`) forward; ReLU keeps the layout (in place, over the whole grid: the
-# zeros stay zeros), and pooling and ReLU's backward read it. The grids' bases are
-# known here by identity (`_GRIDS`); only the interior is ever handed out, so the
-# zeros stay zeros. Costs: the grid's border (6% of a 32x32 image, 13% of a 16x16
-# one), and a copy where the next layer wants contiguous memory (Flatten).
+# pooling does so, forward and backward. The grids' bases are known here by identity
+# (`_GRIDS`); only the interior is ever handed out, so the zeros stay zeros.
 _GRIDS = weakref.WeakValueDictionary()  # id(base) -> base
 
 
@@ -717,56 +702,6 @@ def _rows(y):
         return found
     a, b, h, w = y.shape
     return y.reshape(a, b * h * w), 0, h, w
-
-
-def _rows_of(y):
-    """_rows where y lies in a grid or is C-contiguous, else None."""
-    found = grid_of(y)
-    if found is None and y.flags.c_contiguous:
-        a, b, h, w = y.shape
-        found = y.reshape(a, b * h * w), 0, h, w
-    return found
-
-
-def conv2d_few(x, weights, bias):
-    """A 3x3 convolution with padding 1 and few input channels (`few_channels`: a
-    first layer), its result in a padded grid (`new_grid`) that the 3x3 convolution
-    after it reads in place: one product [W | b] @ [columns; 1] over the grid's
-    positions, written straight into the grid, whose border positions are then
-    zeroed. The input is kept in a grid of its own; backward is the columns path's
-    (`backprop_conv2d_columns`), which builds the columns again from it."""
-    n, c, h, w = x.shape
-    o = weights.shape[0]
-    dt, item = x.dtype, x.itemsize
-    xt, xbase, lead, hs, ws = new_grid(c, n, h, w, dt)
-    xt[...] = x.transpose(1, 0, 2, 3)
-    k, run = c * 9, n * hs * ws
-    ones = bias is not None
-    cols = np.empty((k + ones, run), dtype=dt)
-    # position p of the grid (from its first image's row 0, column 0) reads
-    # xbase[:, p + i·Ws + j] for tap (i, j): lead is one row and one column
-    cols[:k].reshape(c, 3, 3, run)[...] = np.lib.stride_tricks.as_strided(
-        xbase, shape=(c, 3, 3, run), strides=(xbase.strides[0], ws * item, item, item))
-    wb = weights.reshape(o, k)
-    if ones:
-        cols[k] = 1
-        wb = np.concatenate((wb, bias[:, None]), axis=1)
-    y, ybase, _, _, _ = new_grid(o, n, h, w, dt)
-    _blas.gemm(dt)(wb, cols, ybase[:, lead:lead + run], False)
-    grid = ybase[:, lead:lead + run].reshape(o, n, hs, ws)
-    grid[:, :, h] = 0
-    grid[:, :, :h, w] = 0
-    s = _ConvSaved()
-    s.cols, s.cols_valid = (k + ones, n * h * w), False
-    # the kept input as the columns path's padded input: (C, N, Hs, Ws) windows of
-    # the grid from its index 0, row -1 and column -1 of the first image
-    s.xpad = np.lib.stride_tricks.as_strided(
-        xbase, shape=(c, n, hs, ws),
-        strides=(xbase.strides[0], hs * ws * item, ws * item, item))
-    s.weights, s.x_shape, s.kernel, s.stride = weights, (n, c, h, w), (3, 3), (1, 1)
-    s.padding, s.dilation, s.groups = (1, 1, 1, 1), (1, 1), 1
-    s.out, s.has_bias = (h, w), ones
-    return y.transpose(1, 0, 2, 3), s
 
 
 def _spans(kernel, dilation):
@@ -873,8 +808,7 @@ def max_pool2d_2x2(x):
     if k is not None and x.dtype.isnative:
         for axes in ((0, 1, 2, 3), (1, 0, 2, 3)):
             xt = x.transpose(axes)
-            xrows = _rows_of(xt)  # C-contiguous, or in a grid (channels first)
-            if xrows is not None:
+            if xt.flags.c_contiguous:
                 shape = xt.shape[:2] + (h // 2, w // 2)
                 idx = np.empty(shape, dtype=np.int8)
                 if axes == (1, 0, 2, 3):  # channels first: for a convolution next
@@ -882,8 +816,8 @@ def max_pool2d_2x2(x):
                 else:
                     y = np.empty(shape, dtype=x.dtype)
                     rows = _rows(y)
-                if k.max_pool2x2(*xrows, *rows, idx):
-                    k.max_pool2x2_nan(*xrows, *rows, idx)
+                if k.max_pool2x2(xt, *rows, idx):
+                    k.max_pool2x2_nan(xt, *rows, idx)
                 return y.transpose(axes), ("pairs", idx.transpose(axes), (n, c, h, w))
     return max_pool2d_pairs(x)
 
