@@ -161,23 +161,18 @@ def _define(numba):
             e[r, k] -= 1
 
     @jit
-    def max_pool2x2(x, yb, lead, hs, ws, idx):
+    def max_pool2x2(x, y, idx):
         """y, idx (A, B, H//2, W//2) = the maximum of each 2x2 window of x (A, B, H, W)
         and its offset 0..3 in row-major order, the first of equal maxima (as torch).
-        y is given by its flat rows yb (A, ...): row i of (a, b) starts at
-        lead + (b·hs + i)·ws (a plain array: lead 0, hs, ws its own sizes; a padded
-        grid: its geometry). Branch-free enough to vectorise, so NaN is not looked
-        for: returns whether x held a NaN or an infinity, and the caller then runs
-        max_pool2x2_nan."""
-        a_n, b_n, ho, wo = idx.shape
+        Branch-free enough to vectorise, so NaN is not looked for: returns whether x
+        held a NaN or an infinity, and the caller then runs max_pool2x2_nan."""
+        a_n, b_n, ho, wo = y.shape
         bad = 0.0
         for a in range(a_n):
-            rows = yb[a]
             for b in range(b_n):
                 for i in range(ho):
                     top, bottom = x[a, b, 2 * i], x[a, b, 2 * i + 1]
-                    s = lead + (b * hs + i) * ws
-                    yr, ir = rows[s:s + wo], idx[a, b, i]
+                    yr, ir = y[a, b, i], idx[a, b, i]
                     for j in range(wo):
                         m, k = top[2 * j], 0
                         v = top[2 * j + 1]
@@ -197,17 +192,15 @@ def _define(numba):
         return bad != bad
 
     @jit
-    def max_pool2x2_nan(x, yb, lead, hs, ws, idx):
+    def max_pool2x2_nan(x, y, idx):
         """max_pool2x2 where a NaN wins its window, at the offset of its last NaN (as
         torch's CPU kernel); 6x slower."""
-        a_n, b_n, ho, wo = idx.shape
+        a_n, b_n, ho, wo = y.shape
         for a in range(a_n):
-            rows = yb[a]
             for b in range(b_n):
                 for i in range(ho):
                     top, bottom = x[a, b, 2 * i], x[a, b, 2 * i + 1]
-                    s = lead + (b * hs + i) * ws
-                    yr, ir = rows[s:s + wo], idx[a, b, i]
+                    yr, ir = y[a, b, i], idx[a, b, i]
                     for j in range(wo):
                         m, k = top[2 * j], 0
                         for q, v in ((1, top[2 * j + 1]), (2, bottom[2 * j]),
@@ -217,20 +210,17 @@ def _define(numba):
                         yr[j], ir[j] = m, k
 
     @jit
-    def max_unpool2x2(grad, idx, gb, lead, hs, ws):
-        """gx = grad (A, B, Ho, Wo) at each window's winner (offset idx, 0..3), zero
-        elsewhere in the window, in rows 0 .. 2Ho-1 and columns 0 .. 2Wo-1 of gx given
-        by its flat rows gb (as max_pool2x2's y). One loop per output row: each then
-        vectorises (one loop writing both rows is 7x slower)."""
+    def max_unpool2x2(grad, idx, gx):
+        """gx (A, B, >= 2Ho, >= 2Wo) = grad (A, B, Ho, Wo) at each window's winner
+        (offset idx, 0..3), zero elsewhere in the window. One loop per output row:
+        each then vectorises (one loop writing both rows is 7x slower)."""
         a_n, b_n, ho, wo = grad.shape
-        zero = gb.dtype.type(0)
+        zero = gx.dtype.type(0)
         for a in range(a_n):
-            rows = gb[a]
             for b in range(b_n):
                 for i in range(ho):
                     g, k = grad[a, b, i], idx[a, b, i]
-                    s = lead + (b * hs + 2 * i) * ws
-                    top, bottom = rows[s:s + 2 * wo], rows[s + ws:s + ws + 2 * wo]
+                    top, bottom = gx[a, b, 2 * i], gx[a, b, 2 * i + 1]
                     for j in range(wo):
                         v, q = g[j], k[j]
                         top[2 * j] = v if q == 0 else zero
@@ -239,21 +229,6 @@ def _define(numba):
                         v, q = g[j], k[j]
                         bottom[2 * j] = v if q == 2 else zero
                         bottom[2 * j + 1] = v if q == 3 else zero
-
-    @jit
-    def mask_grid_relu(gb, lead, hs, ws, y):
-        """mask_relu for a gradient in a padded grid's flat rows gb (as max_pool2x2's y)
-        and y (A, B, H, W) with contiguous rows: grad = 0 where not y > 0."""
-        zero = gb.dtype.type(0)
-        a_n, b_n, h, w = y.shape
-        for a in range(a_n):
-            rows = gb[a]
-            for b in range(b_n):
-                for i in range(h):
-                    s = lead + (b * hs + i) * ws
-                    g, t = rows[s:s + w], y[a, b, i]
-                    for j in range(w):
-                        g[j] = g[j] if t[j] > 0 else zero
 
     @jit
     def crop_add(src, out, bias):
@@ -272,4 +247,4 @@ def _define(numba):
                                  backprop_relu=backprop_relu, mask_relu=mask_relu,
                                  softmax_cross_entropy=softmax_cross_entropy,
                                  max_pool2x2=max_pool2x2, max_pool2x2_nan=max_pool2x2_nan,
-                                 max_unpool2x2=max_unpool2x2, mask_grid_relu=mask_grid_relu)
+                                 max_unpool2x2=max_unpool2x2)

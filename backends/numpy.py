@@ -5,7 +5,6 @@ array-api-compat's wrapper would add a Python call to every operation.
 """
 import math
 import threading
-import weakref
 
 import numpy as np
 
@@ -82,12 +81,6 @@ class NumpyBackend(Backend):
         if k is not None and grad.dtype.isnative and flat is not None:
             k.mask_relu(*flat)
             return grad
-        if k is not None and grad.ndim == 4 and grad.dtype.isnative:
-            gt, yt = grad.transpose(1, 0, 2, 3), y.transpose(1, 0, 2, 3)
-            found = grid_of(gt)
-            if found is not None and yt.flags.c_contiguous:
-                k.mask_grid_relu(*found, yt)
-                return grad
         return np.multiply(grad, np.greater(y, 0), out=grad)
 
     # NumPy reduces along a short last axis element by element (max over rows of 10:
@@ -629,13 +622,7 @@ def _padded_grid(x, padding, span, name):
     padding of an image (row) and the top (left) padding of the next: 6% fewer grid
     positions than separate borders on 32x32 with padding 1, 11% on 16x16. Index 0 is
     (row -pt, column -pl) of image 0; a window at offset (i·dh·Ws + j·dw) from an output
-    position's index reads its input. Where x already lies in such a grid (`new_grid`:
-    padding 1, a 3x3 kernel), that grid is returned and nothing is copied."""
-    if tuple(padding) == (1, 1, 1, 1) and tuple(span) == (2, 2):
-        found = grid_of(x)
-        if found is not None:
-            base, _, hs, ws = found
-            return base, hs, ws
+    position's index reads its input."""
     c, n, h, w = x.shape
     pt, pb, pl, pr = padding
     hs, ws = h + max(pt, pb), w + max(pl, pr)
@@ -645,63 +632,6 @@ def _padded_grid(x, padding, span, name):
     _place(buf[:, lead:lead + size].reshape(c, n, hs, ws), x)
     buf[:, lead + size:] = 0
     return buf, hs, ws
-
-
-# --- activations laid out as a padded grid -------------------------------------------
-# A layer whose output (or input gradient) usually goes to a 3x3 convolution with
-# padding 1 writes it into the interior of such a grid, zeros around: that
-# convolution then reads it in place instead of copying it into its own padded grid
-# (forward, and again in backward for its weight gradient; dL/dy too). 2x2 max
-# pooling does so, forward and backward. The grids' bases are known here by identity
-# (`_GRIDS`); only the interior is ever handed out, so the zeros stay zeros.
-_GRIDS = weakref.WeakValueDictionary()  # id(base) -> base
-
-
-def new_grid(c, n, h, w, dtype):
-    """An empty (C, N, H, W) array inside a zero-bordered grid: the layout
-    `_padded_grid` builds for padding 1 and a 3x3 kernel (Hs = H + 1, Ws = W + 1, lead
-    Ws + 1, tail 2·Ws + 2). Returns (array, base, lead, hs, ws); kernels write its rows
-    through the base (row i of image b, channel a: base[a, lead + (b·hs + i)·ws:]), as
-    compiled code reads a strided 4-D view 13x slower."""
-    hs, ws = h + 1, w + 1
-    lead, size = ws + 1, n * hs * ws
-    base = np.empty((c, lead + size + 2 * ws + 2), dtype=dtype)
-    base[:, :lead] = 0
-    base[:, lead + size:] = 0
-    grid = base[:, lead:lead + size].reshape(c, n, hs, ws)
-    grid[:, :, h] = 0
-    grid[:, :, :h, w] = 0
-    _GRIDS[id(base)] = base
-    return grid[:, :, :h, :w], base, lead, hs, ws
-
-
-def grid_of(x):
-    """(base, lead, hs, ws) where x (C, N, H, W) is the whole interior of a grid made by
-    `new_grid`, else None."""
-    base = x.base
-    if base is None or _GRIDS.get(id(base)) is not base or x.dtype != base.dtype:
-        return None
-    c, n, h, w = x.shape
-    hs, ws = h + 1, w + 1
-    lead, item = ws + 1, x.itemsize
-    if base.shape != (c, lead + n * hs * ws + 2 * ws + 2) or x.size == 0:
-        return None
-    want = (base.strides[0], hs * ws * item, ws * item, item)
-    if any(d > 1 and a != b for d, a, b in zip(x.shape, x.strides, want)):
-        return None
-    if x.ctypes.data != base.ctypes.data + lead * item:
-        return None
-    return base, lead, hs, ws
-
-
-def _rows(y):
-    """(base, lead, hs, ws) addressing the rows of y (A, B, H, W) as `new_grid` does:
-    its grid, or for a C-contiguous y its own memory."""
-    found = grid_of(y)
-    if found is not None:
-        return found
-    a, b, h, w = y.shape
-    return y.reshape(a, b * h * w), 0, h, w
 
 
 def _spans(kernel, dilation):
@@ -810,14 +740,9 @@ def max_pool2d_2x2(x):
             xt = x.transpose(axes)
             if xt.flags.c_contiguous:
                 shape = xt.shape[:2] + (h // 2, w // 2)
-                idx = np.empty(shape, dtype=np.int8)
-                if axes == (1, 0, 2, 3):  # channels first: for a convolution next
-                    y, *rows = new_grid(*shape, x.dtype)
-                else:
-                    y = np.empty(shape, dtype=x.dtype)
-                    rows = _rows(y)
-                if k.max_pool2x2(xt, *rows, idx):
-                    k.max_pool2x2_nan(xt, *rows, idx)
+                y, idx = np.empty(shape, dtype=x.dtype), np.empty(shape, dtype=np.int8)
+                if k.max_pool2x2(xt, y, idx):
+                    k.max_pool2x2_nan(xt, y, idx)
                 return y.transpose(axes), ("pairs", idx.transpose(axes), (n, c, h, w))
     return max_pool2d_pairs(x)
 
@@ -845,22 +770,13 @@ def max_pool2d_pairs(x):
 def backprop_max_pool2d_pairs(grad, saved):
     _, idx, (n, c, h, w) = saved
     ho, wo = idx.shape[2:]
-    odd = h % 2 or w % 2
-    # the layout forward had (channels first after a convolution)
-    axes = (1, 0, 2, 3) if idx.transpose(1, 0, 2, 3).flags.c_contiguous else (0, 1, 2, 3)
-    shape = tuple((n, c, h, w)[a] for a in axes)
+    make = np.zeros if (h % 2 or w % 2) else np.empty
+    axes = (1, 0, 2, 3) if grad.transpose(1, 0, 2, 3).flags.c_contiguous else (0, 1, 2, 3)
+    gx = make(tuple((n, c, h, w)[a] for a in axes), dtype=grad.dtype).transpose(axes)
     k = _numba.kernels()
     if k is not None and grad.dtype.isnative:
-        if axes == (1, 0, 2, 3) and not odd:  # dL/dy of a convolution before, likely
-            gxt, *rows = new_grid(*shape, grad.dtype)
-        else:
-            gxt = (np.zeros if odd else np.empty)(shape, dtype=grad.dtype)
-            rows = _rows(gxt)
-        # a quarter of gx's size: copied into gx's layout if it has another (Flatten's)
-        gt = np.ascontiguousarray(grad.transpose(axes))
-        k.max_unpool2x2(gt, idx.transpose(axes), *rows)
-        return gxt.transpose(axes)
-    gx = (np.zeros if odd else np.empty)(shape, dtype=grad.dtype).transpose(axes)
+        k.max_unpool2x2(grad.transpose(axes), idx.transpose(axes), gx.transpose(axes))
+        return gx
     zero = grad.dtype.type(0)
     for q in range(4):  # a select, not grad * mask: a NaN gradient stays at its winner
         a, b = divmod(q, 2)
