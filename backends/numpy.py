@@ -302,11 +302,12 @@ def _arange(n: int) -> np.ndarray:
 
 # --- convolution helpers shared with the CuPy backend (`lib` is numpy or cupy) --------
 class _ConvSaved:
-    """What conv2d_columns keeps for backward (`cols`: the column buffer, or its shape
-    where forward did not keep it)."""
+    """What conv2d_columns keeps for backward (`cols`: the column buffer, None where
+    forward did not keep it; `ones`: whether a row of ones under it carries the
+    bias)."""
 
-    __slots__ = ("cols", "cols_valid", "xpad", "weights", "x_shape", "kernel", "stride",
-                 "padding", "dilation", "groups", "out", "has_bias")
+    __slots__ = ("cols", "cols_valid", "ones", "xpad", "weights", "x_shape", "kernel",
+                 "stride", "padding", "dilation", "groups", "out", "has_bias")
 
 
 def _buffer(lib, workspace, key, shape, dtype, zero=False):
@@ -361,7 +362,7 @@ def conv2d_columns(lib, x, weights, bias, stride, padding, dilation, groups, wor
     if bias is not None and not ones:
         y += bias[:, None]
     saved = _ConvSaved()
-    saved.cols, saved.cols_valid = (buf, True) if keep else (buf.shape, False)
+    saved.cols, saved.cols_valid, saved.ones = (buf if keep else None), keep, ones
     saved.xpad, saved.weights = xpad, weights
     saved.x_shape, saved.kernel, saved.stride = (n, c, h, w), (kh, kw), stride
     saved.padding, saved.dilation, saved.groups = padding, dilation, groups
@@ -378,9 +379,9 @@ def backprop_conv2d_columns(lib, grad, s, input_grad=True):
     ho, wo = s.out
     g = s.groups
     m, k = n * ho * wo, c * kh * kw
-    if isinstance(s.cols, tuple):  # forward did not keep them
-        s.cols = lib.empty(s.cols, dtype=grad.dtype)
-        if s.cols.shape[0] > k:
+    if s.cols is None:  # forward did not keep them
+        s.cols = lib.empty((k + s.ones, m), dtype=grad.dtype)
+        if s.ones:
             s.cols[k] = 1
     cols = s.cols[:k]  # then the row of ones, where forward added the bias with it
     if not s.cols_valid:  # not kept, or a second backward after dL/dx reused them
@@ -389,7 +390,7 @@ def backprop_conv2d_columns(lib, grad, s, input_grad=True):
         s.cols_valid = True
     gy = grad.transpose(1, 0, 2, 3).reshape(o, m)  # a view when grad is our layout
     gb = None
-    if s.cols.shape[0] > k:
+    if s.ones:
         gwb = gy @ s.cols.T
         gw = gwb[:, :k].reshape(s.weights.shape)
         gb = lib.ascontiguousarray(gwb[:, k])
