@@ -372,6 +372,18 @@ class Backend:
             return p
         return p - alpha * g
 
+    def can_add_product(self, shape, dtype) -> bool:
+        """Whether `add_product` runs on a parameter of `shape` and `dtype`: a layer
+        then leaves that parameter's product-shaped gradient unmade until it is read
+        or an optimiser adds it into the parameter (`layers.base.ProductGrad`)."""
+        return False
+
+    def add_product(self, p, a, b, alpha: float) -> bool:
+        """p += alpha * (a @ b) in place, as one matrix product that adds into p (plain
+        SGD's step made inside the weight gradient's product: no gradient array, no
+        second pass); False where not available.  Shapes: a (m, k), b (k, n), p (m, n)."""
+        return False
+
     # One-pass optimiser updates. The optimisers spell their maths in array code (read
     # it there); a backend with a fused kernel does the same operations, in the same
     # order and dtype, in one pass, and returns True. The default has none.

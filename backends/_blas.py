@@ -1,9 +1,10 @@
 """Matrix products straight through the BLAS that NumPy loaded, for the NumPy backend.
 
 `np.matmul` already hands strided views to BLAS without copying, but it cannot add
-into its output: BLAS's `C = A @ B + C` (beta = 1). The grid convolution needs exactly
-that. Its kh·kw products read shifted windows of one padded input and sum into one
-result, with no column matrix in between.
+into its output: BLAS's `C = alpha·A @ B + C` (beta = 1). The grid convolution needs
+exactly that. Its kh·kw products read shifted windows of one padded input and sum into
+one result, with no column matrix in between. Plain SGD needs it too: W -= lr·(x.T @ g)
+is one product that adds into the weights, with no gradient array and no second pass.
 
 `gemm` is None where no such BLAS is found. The backend then builds columns as before.
 That happens with a NumPy built on another BLAS (Accelerate, MKL), or with the
@@ -90,7 +91,7 @@ def _operand(x):
     raise ValueError(f"gemm needs a 2-D view with one unit stride; got strides {x.strides}")
 
 
-def _call(f, a, b, out, accumulate=False):
+def _call(f, a, b, out, accumulate=False, alpha=1.0):
     m, k = a.shape
     n = b.shape[1]
     ta, lda = _operand(a)
@@ -98,14 +99,15 @@ def _call(f, a, b, out, accumulate=False):
     tc, ldc = _operand(out)
     if tc != _NO_TRANS or out.shape != (m, n) or b.shape[0] != k:
         raise ValueError(f"gemm: shapes {a.shape} @ {b.shape} -> {out.shape}")
-    f(_ROW_MAJOR, ta, tb, m, n, k, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb,
+    f(_ROW_MAJOR, ta, tb, m, n, k, alpha, a.ctypes.data, lda, b.ctypes.data, ldb,
       1.0 if accumulate else 0.0, out.ctypes.data, ldc)
 
 
 def gemm(dtype):
-    """A function (a, b, out, accumulate) computing out = a @ b (+ out) in BLAS for 2-D
-    float views of `dtype` (any row stride, one unit stride; `out` row-major), or None
-    where this NumPy's BLAS cannot be called directly."""
+    """A function (a, b, out, accumulate=False, alpha=1.0) computing
+    out = alpha * (a @ b) (+ out) in BLAS for 2-D float views of `dtype` (any row
+    stride, one unit stride; `out` row-major), or None where this NumPy's BLAS cannot
+    be called directly."""
     global _FUNCS
     if _FUNCS is None:
         _FUNCS = _lookup()

@@ -110,6 +110,23 @@ class NumpyBackend(Backend):
             np.subtract(pf[i:j], step, out=pf[i:j])
         return p
 
+    def can_add_product(self, shape, dtype) -> bool:
+        return math.prod(shape) >= _FUSED_SGD_MIN and _blas.gemm(dtype) is not None
+
+    def add_product(self, p, a, b, alpha):
+        """BLAS's p = alpha * a @ b + p (beta = 1); OpenBLAS adds each finished block of
+        the product into p, so p's one read and write ride on the product's."""
+        gemm = _blas.gemm(p.dtype)
+        if (gemm is None or a.dtype != p.dtype or b.dtype != p.dtype or p.ndim != 2
+                or not (p.flags.c_contiguous and p.flags.writeable)
+                or np.may_share_memory(p, a) or np.may_share_memory(p, b)):
+            return False
+        try:
+            gemm(a, b, p, True, alpha)
+        except ValueError:  # an operand without a unit stride, or shapes that differ
+            return False
+        return True
+
     def fused_sgd(self, p, g, buf, *, lr, momentum, dampening, weight_decay, nesterov):
         if not (momentum or weight_decay or p.size >= _FUSED_SGD_MIN):
             return False  # plain SGD on a small array: NumPy's two passes cost less

@@ -36,6 +36,8 @@ def test_gemm_matches_matmul(rng, dtype, ta, tb, padded):
     np.testing.assert_allclose(out, a @ b, **tol)
     gemm(a, b, out, True)
     np.testing.assert_allclose(out, 2 * (a @ b), **tol)
+    gemm(a, b, out, True, -0.5)  # alpha, as plain SGD's step inside the product
+    np.testing.assert_allclose(out, 1.5 * (a @ b), **tol)
 
 
 def test_gemm_leaves_the_rest_of_the_output_buffer(rng):

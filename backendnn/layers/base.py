@@ -43,6 +43,18 @@ class Param:
     def grad(self):
         return getattr(self.layer, self.grad_name, None)
 
+    def add_grad_product(self, alpha: float) -> bool:
+        """value += alpha * grad in place, made as one matrix product, where the gradient
+        is still an unmade product (`ProductGrad`) and the backend can add a product into
+        an array; False otherwise (nothing changed)."""
+        pending = self.layer.__dict__.get("_products")
+        entry = pending.get(self.grad_name) if pending else None
+        if entry is None or not self.layer.backend.add_product(self.value, entry[0],
+                                                               entry[1], alpha):
+            return False
+        entry[2] = True
+        return True
+
     @property
     def shape(self) -> tuple:
         return tuple(self.value.shape)
@@ -53,6 +65,43 @@ class Param:
 
     def __repr__(self):
         return f"Param({type(self.layer).__name__}.{self.name}, shape={self.shape})"
+
+
+class ProductGrad:
+    """A parameter gradient that backward may leave unmade as a product a @ b (Linear's
+    grad_w = x.T @ dL/dy), on backends that can add a product into an array in place
+    (`Backend.can_add_product`).
+
+    Read, it is made then (one matmul) and kept, so every reader sees the usual array.
+    Plain SGD's step (p -= lr * grad) instead adds -lr * a @ b into the parameter as one
+    product (`Param.add_grad_product`): no gradient array is written, and no second
+    pass over the parameter reads it back. Until the layer's next forward pass the
+    gradient stays readable; a gradient an optimiser has used that way reads None
+    after it, one nobody used is made then (`Layer._settle_products`). Setting a value
+    replaces the unmade product. The layer holds a and b until then: between backward
+    and the optimiser's step, the batch must not be changed in place, as between
+    forward and backward.
+    """
+
+    def __set_name__(self, owner, name):
+        self.name, self.slot = name, "_" + name
+
+    def __get__(self, layer, owner=None):
+        if layer is None:
+            return self
+        d = layer.__dict__
+        pending = d.get("_products")
+        if pending and self.name in pending:
+            a, b, _ = pending.pop(self.name)
+            d[self.slot] = layer.backend.matmul(a, b)
+        return d.get(self.slot)
+
+    def __set__(self, layer, value):
+        d = layer.__dict__
+        pending = d.get("_products")
+        if pending:
+            pending.pop(self.name, None)
+        d[self.slot] = value
 
 
 class Layer:
@@ -235,6 +284,22 @@ class Layer:
             grad = None
         self._clear()
         return grad
+
+    def _leave_product(self, grad_name: str, a, b) -> None:
+        """Leave the gradient `grad_name` (a ProductGrad) as the unmade product a @ b."""
+        setattr(self, grad_name, None)
+        self.__dict__.setdefault("_products", {})[grad_name] = [a, b, False]
+
+    def _settle_products(self) -> None:
+        """Before a forward pass: drop the unmade gradients an optimiser has added into
+        its parameters (they read None from now on) and make the others, so that the
+        last backward's arrays are not held past this pass."""
+        pending = self.__dict__.get("_products")
+        for name, (_, _, used) in list((pending or {}).items()):
+            if used:
+                setattr(self, name, None)
+            else:
+                getattr(self, name)
 
     def _need(self, value, what: str = "forward"):
         if value is None:

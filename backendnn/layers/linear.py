@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .. import init as _init
 from .._validate import integer
-from .base import Layer, ShapeError
+from .base import Layer, ProductGrad, ShapeError
 
 
 class Linear(Layer):
@@ -21,7 +21,9 @@ class Linear(Layer):
         ±1/sqrt(n_inp)) drawn from the seeded host generator; bias (n_out,), zeros.
         `init` keeps a name (a callable not in INITIALIZERS is recorded as "default").
     After backward: grad_w = x.T @ grad and grad_b = the batch sum of grad, shaped
-        like weights and bias (grad is already that of the batch-mean loss).
+        like weights and bias (grad is already that of the batch-mean loss). On the
+        NumPy backend grad_w is made when first read, and plain SGD adds it into the
+        weights inside its product instead (see `ProductGrad`).
 
     Example:
         >>> Linear(30, 1)(x).shape   # x (64, 30)
@@ -31,6 +33,7 @@ class Linear(Layer):
     param_names = ("weights", "bias")
     grad_names = ("grad_w", "grad_b")
     _fresh_output = _fresh_input_grad = True  # matmul results, not kept
+    grad_w = ProductGrad()
 
     def __init__(self, n_inp: int, n_out: int, *, init="default", backend=None,
                  dtype: str = "float32"):
@@ -63,6 +66,8 @@ class Linear(Layer):
         if x.ndim != 2 or x.shape[1] != self.n_inp:
             msg = f"expected input (batch, {self.n_inp}), got shape {tuple(x.shape)}"
             raise ShapeError(msg)
+        if self.__dict__.get("_products"):
+            self._settle_products()
         self.x = x
         y = self.backend.matmul(x, self.weights)
         if self.backend.inplace:  # y is new: add the bias without a second array
@@ -73,7 +78,10 @@ class Linear(Layer):
     def _param_grads(self, grad):
         x = self._need(self.x)
         self.grad_w = self.grad_b = None  # free last step's before making this step's
-        self.grad_w = self.backend.matmul(x.T, grad)
+        if self.backend.can_add_product(self.weights.shape, self.weights.dtype):
+            self._leave_product("grad_w", x.T, grad)
+        else:
+            self.grad_w = self.backend.matmul(x.T, grad)
         self.grad_b = self.backend.batch_sum(grad)
 
     def backward(self, grad):

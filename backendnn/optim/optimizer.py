@@ -113,6 +113,13 @@ class Optimizer:
 
     def _apply(self, i: int, param, group: dict) -> None:
         """Update parameter `i` (`param`, of `group`) from its gradient."""
+        layer = param.layer
+        state = self.state[i]
+        if state and self._where[i] != (layer.backend, layer.dtype):
+            self._move_state(i, layer.backend, layer.dtype)
+        self._where[i] = (layer.backend, layer.dtype)
+        if self._add_grad_product(param, group):
+            return
         grad = param.grad
         if grad is None:
             msg = (
@@ -120,12 +127,13 @@ class Optimizer:
                 "call model.backward() after the loss and before step()"
             )
             raise RuntimeError(msg)
-        layer = param.layer
-        state = self.state[i]
-        if state and self._where[i] != (layer.backend, layer.dtype):
-            self._move_state(i, layer.backend, layer.dtype)
-        self._where[i] = (layer.backend, layer.dtype)
         param.value = self._update(param.value, grad, state, group, layer.backend)
+
+    def _add_grad_product(self, param, group: dict) -> bool:
+        """Where the update is p -= lr * grad and the gradient is still an unmade
+        product (`ProductGrad`): make the update inside that product and return True.
+        Optimisers whose update is not that return False."""
+        return False
 
     # --- the step inside backward (Sequential.backward(optimizer=...)) --------------
     # The same updates as step(), each made as soon as its layer's backward has left the

@@ -34,6 +34,11 @@ class SGD(Optimizer):
     def _state_keys(self, group):
         return ("momentum_buffer",) if group["momentum"] else ()
 
+    def _add_grad_product(self, param, group):
+        """Plain SGD: p -= lr * (a @ b) as one product, the gradient never written."""
+        return (not group["momentum"] and not group["weight_decay"]
+                and param.add_grad_product(-group["lr"]))
+
     def _update(self, p, g, state, group, backend):
         ip = backend.inplace
         momentum, weight_decay = group["momentum"], group["weight_decay"]
