@@ -73,7 +73,11 @@ class Sequential:
 
         Each layer forgets what its forward pass kept as soon as its backward has used
         it (as PyTorch frees saved tensors), so activations do not outlive the step:
-        a second backward() needs a new forward pass.
+        a second backward() needs a new forward pass. The exception: a gradient left
+        as an unmade product (`Linear.grad_w` on the NumPy backend, see
+        `layers.base.ProductGrad`) holds its layer's input and dL/dy until it is read
+        or until the layer's next forward pass, so the batch must not be changed in
+        place before `optimizer.step()`.
 
         With an `optimizer`, its step is made inside the pass: each layer's parameters
         are updated as soon as that layer's backward has left their gradients (while

@@ -373,7 +373,9 @@ def _memory_worker(name: str, case: str, threads: int, steps: int = 5) -> None:
 
 def _profile_worker(case: str, steps: int) -> None:
     """Where backendnn's step goes: the median time of each call inside the step
-    (every layer's forward and backward, the loss, the optimiser), in microseconds."""
+    (every layer's forward and backward, the loss, the optimiser), in microseconds.
+    Plain SGD adds the large Linear weight gradients' products into the weights
+    inside its step (`ProductGrad`): those products count under "optimizer step"."""
     model, opt = _backendnn_model(CASES[case] if "convs" in CASES[case] else CASES[case]["sizes"])
     x, y = _data(case)
     clock, times = time.perf_counter, {}
