@@ -170,6 +170,25 @@ def test_a_gradient_lives_until_the_next_forward(numpy_fuses):
     assert first.grad_b is not None  # a plain gradient, kept as before
 
 
+def test_a_batch_larger_than_the_outputs_is_not_held(numpy_fuses, monkeypatch):
+    """batch > n_out (a classifier after convolutions): the input would outweigh the
+    weights, so backward makes grad_w at once and lets the input go; changing the
+    batch afterwards changes nothing."""
+    made = _spy(monkeypatch, numpy_fuses)
+    net = _net(numpy_fuses)
+    x, y = _batch(numpy_fuses, n=N_HID + 1)
+    net.criterion(net(x), y)
+    net.backward()
+    x[...] = 0
+    check = _net(numpy_fuses)
+    x2, _ = _batch(numpy_fuses, n=N_HID + 1)
+    check.criterion(check(x2), y)
+    check.backward()
+    np.testing.assert_array_equal(net.layers[0].grad_w, check.layers[0].grad_w)
+    bn.SGD(net, lr=0.1).step()
+    assert not any(made)
+
+
 def test_zero_grad_drops_an_unmade_gradient(numpy_fuses):
     net = _net(numpy_fuses)
     opt = bn.SGD(net, lr=0.1)

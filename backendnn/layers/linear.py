@@ -22,8 +22,9 @@ class Linear(Layer):
         `init` keeps a name (a callable not in INITIALIZERS is recorded as "default").
     After backward: grad_w = x.T @ grad and grad_b = the batch sum of grad, shaped
         like weights and bias (grad is already that of the batch-mean loss). On the
-        NumPy backend grad_w is made when first read, and plain SGD adds it into the
-        weights inside its product instead (see `ProductGrad`).
+        NumPy backend, where the batch is at most n_out, grad_w is made when first
+        read, and plain SGD adds it into the weights inside its product instead (see
+        `ProductGrad`).
 
     Example:
         >>> Linear(30, 1)(x).shape   # x (64, 30)
@@ -78,7 +79,11 @@ class Linear(Layer):
     def _param_grads(self, grad):
         x = self._need(self.x)
         self.grad_w = self.grad_b = None  # free last step's before making this step's
-        if self.backend.can_add_product(self.weights.shape, self.weights.dtype):
+        # unmade only where the weights are at least as large as the input it holds
+        # (batch <= n_out): after convolutions the input is the larger, and holding it
+        # through the rest of backward would cost more memory than the gradient saves
+        if (x.shape[0] <= self.n_out
+                and self.backend.can_add_product(self.weights.shape, self.weights.dtype)):
             self._leave_product("grad_w", x.T, grad)
         else:
             self.grad_w = self.backend.matmul(x.T, grad)
