@@ -1,15 +1,17 @@
 """One CPU training step of the same network in backendnn, PyTorch and scikit-learn.
 
-    python benchmarks/cpu.py                       # all cases, 7 rounds, 2 threads
+    python benchmarks/cpu.py                       # all cases, 9 rounds, 2 threads
     python benchmarks/cpu.py --cases mlp --rounds 11 --markdown out.md --png out.png
 
-Every contender runs in its own worker process (two BLAS thread pools in one process
-fight over the cores), started once per case with the same thread count in
-OMP/OPENBLAS/MKL_NUM_THREADS (and `torch.set_num_threads`). The workers take turns:
-in each round every worker times one block of steps while the others wait on a pipe,
-in an order rotated every round, with a pause between blocks so the previous worker's
-BLAS threads stop spinning. A contender's figure is the median over all its timed
-steps; ratios are of medians from the same run.
+Every contender runs in worker processes of its own (two BLAS thread pools in one
+process fight over the cores), started once per case with the same thread count in
+OMP/OPENBLAS/MKL_NUM_THREADS (and `torch.set_num_threads`): three per contender
+(`--processes`), which take its rounds in turn, because one process can run the same
+code 10-30% slower than another for all its life. The contenders take turns: in each
+round every contender times one block of steps while the others wait on a pipe, in an
+order rotated every round, with a pause between blocks so the previous worker's BLAS
+threads stop spinning. A contender's figure is the median over all its timed steps;
+ratios are of medians from the same run.
 
 Contenders (each step is forward, loss, backward and parameter update):
   backendnn  Sequential(Linear, ReLU, ...) + CrossEntropy, SGD(lr=0.01), numpy backend
@@ -471,27 +473,35 @@ class Worker:
 
 
 def time_case(case: str, contenders, rounds: int, threads: int, seconds: float,
-              pause: float, log) -> dict:
-    """Per contender: all step times (s) over `rounds` alternated blocks, and its threads."""
-    workers = []
+              pause: float, log, processes: int = 1) -> dict:
+    """Per contender: all step times (s) over `rounds` alternated blocks, and its threads.
+
+    Each contender runs in `processes` worker processes, round r in process r mod
+    `processes`: one process can run the same code 10-30% slower than another for all
+    its life (where its memory landed, how its threads were placed), so a contender's
+    median pools several."""
+    pools = {}
     try:
-        for name in contenders:
-            cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--case", case,
-                   "--threads", str(threads)]
-            workers.append(Worker(name, cmd, env=_env(threads)))
-        times = {w.name: [] for w in workers}
+        for _ in range(processes):
+            for name in contenders:
+                cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--case",
+                       case, "--threads", str(threads)]
+                pools.setdefault(name, []).append(Worker(name, cmd, env=_env(threads)))
+        times = {name: [] for name in pools}
         n_min, n_max = (2, 2000) if case not in ("wide", "cnn") else (2, 50)
+        names = list(pools)
         for r in range(rounds):
-            order = workers[r % len(workers):] + workers[:r % len(workers)]
-            for w in order:
+            for name in names[r % len(names):] + names[:r % len(names)]:
                 time.sleep(pause)
-                times[w.name] += w.run(seconds, n_min, n_max, warmup=2)
+                times[name] += pools[name][r % processes].run(seconds, n_min, n_max, warmup=2)
             log(f"  {case} round {r + 1}/{rounds}: " + ", ".join(
                 f"{n} {statistics.median(t) * 1e3:.3f} ms" for n, t in times.items()))
-        return {w.name: {"times": times[w.name], "threads": w.ready["threads"]} for w in workers}
+        return {name: {"times": times[name], "threads": pool[0].ready["threads"]}
+                for name, pool in pools.items()}
     finally:
-        for w in workers:
-            w.close()
+        for pool in pools.values():
+            for w in pool:
+                w.close()
 
 
 def measure_memory(case: str, name: str, threads: int) -> dict:
@@ -614,7 +624,8 @@ def write_markdown(path: str, rows, meta: dict, command: str) -> None:
         f"Command: `{command}`", "",
         f"Machine: {meta['cpu']}, {meta['cores']} cores, {meta['platform']}; Python "
         f"{meta['python']}, NumPy {meta['numpy']}, PyTorch {meta['torch']}, scikit-learn "
-        f"{meta['sklearn']}; {meta['threads']} threads per worker; {meta['rounds']} rounds; "
+        f"{meta['sklearn']}; {meta['threads']} threads per worker; {meta['rounds']} rounds in "
+        f"{meta['processes']} processes per contender; "
         f"backendnn at {meta['commit']}, run {meta['date']}.", "",
         "Median step time in ms (forward, loss, backward, update); ratios of medians from "
         "this run; peak memory increase in MiB.", "",
@@ -670,7 +681,9 @@ def main(argv=None) -> None:
     p.add_argument("--baseline", metavar="DIR",
                    help="also time backendnn from another checkout (e.g. `git archive` of an "
                         "older commit), as contender 'baseline'")
-    p.add_argument("--rounds", type=int, default=7, help="alternated blocks per contender")
+    p.add_argument("--rounds", type=int, default=9, help="alternated blocks per contender")
+    p.add_argument("--processes", type=int, default=3,
+                   help="worker processes per contender, taking the rounds in turn")
     p.add_argument("--threads", type=int, default=2, help="threads of every worker")
     p.add_argument("--seconds", type=float, default=0.4, help="time per block")
     p.add_argument("--pause", type=float, default=0.3,
@@ -700,6 +713,8 @@ def main(argv=None) -> None:
     for c in cases:
         if c not in CASES:
             p.error(f"unknown case {c!r}; choose from {', '.join(CASES)}")
+    if args.processes < 1 or args.rounds < 1:
+        p.error("--rounds and --processes must be at least 1")
     for c in contenders:
         if c not in CONTENDERS[:4]:
             p.error(f"unknown contender {c!r}; choose from {', '.join(CONTENDERS[:4])} "
@@ -731,7 +746,7 @@ def main(argv=None) -> None:
         log(f"{case}: {CASES[case]['what']}")
         here = [c for c in contenders if not (c == "sklearn" and case in NO_SKLEARN)]
         timed = time_case(case, here, args.rounds, args.threads, args.seconds,
-                          args.pause, log)
+                          args.pause, log, args.processes)
         results[case] = {"time": timed}
         threads_seen[case] = {n: r["threads"] for n, r in timed.items()}
         if not args.no_memory:
@@ -742,7 +757,8 @@ def main(argv=None) -> None:
     print(table(rows))
     given = sys.argv[1:] if argv is None else list(argv)
     command = "python " + " ".join([os.path.relpath(__file__)] + given)
-    meta = machine(args.threads) | {"rounds": args.rounds, "threads_seen": threads_seen}
+    meta = machine(args.threads) | {"rounds": args.rounds, "processes": args.processes,
+                                    "threads_seen": threads_seen}
     if args.markdown:
         write_markdown(args.markdown, rows, meta, command)
     if args.png:

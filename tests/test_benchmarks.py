@@ -13,7 +13,7 @@ def test_cpu_benchmark_prints_its_table(tmp_path):
     pytest.importorskip("torch")
     md = tmp_path / "bench.md"
     result = subprocess.run(
-        [sys.executable, "benchmarks/cpu.py", "--cases", "tiny", "--rounds", "1",
+        [sys.executable, "benchmarks/cpu.py", "--cases", "tiny", "--rounds", "2", "--processes", "2",
          "--contenders", "backendnn,torch,floor",
          "--seconds", "0.05", "--pause", "0", "--no-memory", "--markdown", str(md)],
         capture_output=True, text=True, cwd=ROOT, timeout=300)
