@@ -122,7 +122,7 @@ class NumpyBackend(Backend):
                 or np.may_share_memory(p, a) or np.may_share_memory(p, b)):
             return False
         try:
-            gemm(a, b, p, True, alpha)
+            gemm(a, b, p, True, float(alpha))  # a NumPy scalar lr too
         except ValueError:  # an operand without a unit stride, or shapes that differ
             return False
         return True

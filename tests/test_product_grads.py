@@ -219,7 +219,7 @@ def test_add_product_refuses_what_it_cannot_add_in_place(numpy_fuses):
                  (p, a[:, ::2], b[::2])]:
         assert numpy_fuses.add_product(*args, -0.5) is False
     np.testing.assert_array_equal(p, before)
-    assert numpy_fuses.add_product(p, a, b, -0.5) is True
+    assert numpy_fuses.add_product(p, a, b, np.float32(-0.5)) is True  # a NumPy scalar lr
     np.testing.assert_allclose(p, before - 0.5 * (a @ b), rtol=1e-5, atol=1e-6)
 
 
