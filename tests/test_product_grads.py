@@ -74,23 +74,6 @@ def test_sgd_inside_the_product_equals_the_step_from_a_made_gradient(backend, dt
     assert sum(made) == (3 if _fuses(backend, dtype) else 0)
 
 
-def test_step_inside_backward_equals_two_passes_with_products(backend):
-    """Both ways make the same one-product update, bit for bit."""
-    nets = [_net(backend), _net(backend)]
-    opts = [bn.SGD(n, lr=0.3) for n in nets]
-    for step in range(3):
-        x, y = _batch(backend, step)
-        for net, opt, inside in zip(nets, opts, (True, False)):
-            net.criterion(net(x), y)
-            if inside:
-                net.backward(optimizer=opt)
-            else:
-                net.backward()
-                opt.step()
-    for a, b in zip(*(n.parameters() for n in nets)):
-        np.testing.assert_array_equal(host(backend, a.value), host(backend, b.value))
-
-
 @pytest.fixture
 def numpy_fuses():
     backend = bn.backends.get("numpy")

@@ -17,11 +17,17 @@ OPTIMIZERS = {
 }
 
 
-def _model(backend, conv):
-    if conv:
+SHAPES = {"mlp": (5, 6), "cnn": (5, 2, 4, 4), "products": (5, 256)}
+
+
+def _model(backend, kind):
+    if kind == "cnn":
         layers = [bn.Conv2d(2, 3, 3, padding=1, backend=backend), bn.ReLU(backend=backend),
                   bn.MaxPool2d(2, backend=backend), bn.Flatten(backend=backend),
                   bn.Linear(3 * 2 * 2, 4, backend=backend)]
+    elif kind == "products":  # 40,960 first-layer weights: plain SGD's step in the product
+        layers = [bn.Linear(256, 160, backend=backend), bn.ReLU(backend=backend),
+                  bn.Linear(160, 4, backend=backend)]
     else:
         layers = [bn.Linear(6, 8, backend=backend), bn.ReLU(backend=backend),
                   bn.Linear(8, 8, backend=backend), bn.ReLU(backend=backend),
@@ -29,12 +35,12 @@ def _model(backend, conv):
     return bn.Sequential(layers, bn.CrossEntropy(backend=backend))
 
 
-def _run(backend, conv, make_opt, fused, steps=3):
+def _run(backend, kind, make_opt, fused, steps=3):
     bn.seed(5)
-    model = _model(backend, conv)
+    model = _model(backend, kind)
     opt = make_opt(model)
     rng = np.random.default_rng(0)
-    shape = (5, 2, 4, 4) if conv else (5, 6)
+    shape = SHAPES[kind]
     for _ in range(steps):
         x = backend.asarray(rng.normal(size=shape).astype(np.float32))
         y = backend.asarray(rng.integers(0, 4, 5))
@@ -49,11 +55,11 @@ def _run(backend, conv, make_opt, fused, steps=3):
     return [host(backend, p.value) for p in model.parameters()], state, opt.step_count
 
 
-@pytest.mark.parametrize("conv", [False, True], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("kind", list(SHAPES))
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_step_in_backward_equals_two_passes(backend, name, conv):
-    params, state, count = _run(backend, conv, OPTIMIZERS[name], fused=True)
-    params2, state2, count2 = _run(backend, conv, OPTIMIZERS[name], fused=False)
+def test_step_in_backward_equals_two_passes(backend, name, kind):
+    params, state, count = _run(backend, kind, OPTIMIZERS[name], fused=True)
+    params2, state2, count2 = _run(backend, kind, OPTIMIZERS[name], fused=False)
     assert count == count2 == 3
     for a, b in zip(params, params2):
         np.testing.assert_array_equal(a, b)
@@ -65,7 +71,7 @@ def test_step_in_backward_equals_two_passes(backend, name, conv):
 
 def test_parameters_outside_the_model_are_still_updated():
     bn.seed(1)
-    model = _model("numpy", False)
+    model = _model("numpy", "mlp")
     other = bn.Linear(3, 2, backend="numpy")
     opt = bn.SGD(model.parameters() + other.parameters(), lr=0.1)
     other.grad_w = np.ones((3, 2), np.float32)
@@ -82,7 +88,7 @@ def test_a_params_list_changed_in_place_is_noticed():
     """The index of parameters by layer is made again when a group's list changes in
     place: a parameter put in place of another is updated inside backward too."""
     bn.seed(2)
-    model = _model("numpy", False)
+    model = _model("numpy", "mlp")
     opt = bn.SGD(model, lr=0.1)
     x, y = np.ones((2, 6), np.float32), np.array([0, 1])
     model.criterion(model(x), y)
