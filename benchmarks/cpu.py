@@ -7,10 +7,11 @@ Every contender runs in worker processes of its own (two BLAS thread pools in on
 process fight over the cores), started once per case with the same thread count in
 OMP/OPENBLAS/MKL_NUM_THREADS (and `torch.set_num_threads`): three per contender
 (`--processes`), which take its rounds in turn, because one process can run the same
-code 10-30% slower than another for all its life. The contenders take turns: in each
-round every contender times one block of steps while the others wait on a pipe, in an
-order rotated every round, with a pause between blocks so the previous worker's BLAS
-threads stop spinning. A contender's figure is the median over all its timed steps;
+code 10-30% slower than another for all its life. Every process first runs one
+untimed block (the machine is busy for a while after the workers start). The
+contenders take turns: in each round every contender times one block of steps while
+the others wait on a pipe, in an order rotated every round, with a pause between
+blocks so the previous worker's BLAS threads stop spinning. A contender's figure is the median over all its timed steps;
 ratios are of medians from the same run.
 
 Contenders (each step is forward, loss, backward and parameter update):
@@ -490,6 +491,13 @@ def time_case(case: str, contenders, rounds: int, threads: int, seconds: float,
         times = {name: [] for name in pools}
         n_min, n_max = (2, 2000) if case not in ("wide", "cnn") else (2, 50)
         names = list(pools)
+        # one untimed block per process first: right after the workers start (their
+        # imports and allocations), the machine is busy for a while, and whichever
+        # contender was timed first paid for it (its first block up to 1.5x its later)
+        for pool in zip(*pools.values()):
+            for w in pool:
+                time.sleep(pause)
+                w.run(seconds, n_min, n_max, warmup=2)
         for r in range(rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 time.sleep(pause)
