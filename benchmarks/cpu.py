@@ -11,8 +11,8 @@ code 10-30% slower than another for all its life. Every process first runs one
 untimed block (the machine is busy for a while after the workers start). The
 contenders take turns: in each round every contender times one block of steps while
 the others wait on a pipe, in an order rotated every round, with a pause between
-blocks so the previous worker's BLAS threads stop spinning. A contender's figure is the median over all its timed steps;
-ratios are of medians from the same run.
+blocks so the previous worker's BLAS threads stop spinning. A contender's figure is
+the median over all its timed steps; ratios are of medians from the same run.
 
 Contenders (each step is forward, loss, backward and parameter update):
   backendnn  Sequential(Linear, ReLU, ...) + CrossEntropy, SGD(lr=0.01), numpy backend
