@@ -23,7 +23,7 @@ import numpy as np
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _SYMBOLS = ("scipy_cblas_{}gemm64_", "cblas_{}gemm64_")  # ILP64 CBLAS names
-_FUNCS = None  # {dtype: function} once looked up; {} where unavailable
+_FUNCS = None  # {dtype: gemm function} once looked up; {} where unavailable
 
 
 def _lookup() -> dict:
@@ -110,8 +110,5 @@ def gemm(dtype):
     be called directly."""
     global _FUNCS
     if _FUNCS is None:
-        _FUNCS = _lookup()
-    f = _FUNCS.get(np.dtype(dtype))
-    if f is None:
-        return None
-    return functools.partial(_call, f)
+        _FUNCS = {k: functools.partial(_call, f) for k, f in _lookup().items()}
+    return _FUNCS.get(np.dtype(dtype))

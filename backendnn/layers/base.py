@@ -47,12 +47,11 @@ class Param:
         """value += alpha * grad in place, made as one matrix product, where the gradient
         is still an unmade product (`ProductGrad`) and the backend can add a product into
         an array; False otherwise (nothing changed)."""
-        pending = self.layer.__dict__.get("_products")
-        entry = pending.get(self.grad_name) if pending else None
-        if entry is None or not self.layer.backend.add_product(self.value, entry[0],
-                                                               entry[1], alpha):
+        unmade = self.layer._unmade(self.grad_name)
+        if unmade is None or not self.layer.backend.add_product(self.value, unmade.a,
+                                                                unmade.b, alpha):
             return False
-        entry[2] = True
+        unmade.used = True
         return True
 
     @property
@@ -80,7 +79,7 @@ class ProductGrad:
     after it, one nobody used is made then (`Layer._settle_products`). Setting a value
     replaces the unmade product. The layer holds a and b until then: between backward
     and the optimiser's step, the batch must not be changed in place, as between
-    forward and backward.
+    forward and backward. A layer with one calls `_settle_products` in its forward.
     """
 
     def __set_name__(self, owner, name):
@@ -89,19 +88,26 @@ class ProductGrad:
     def __get__(self, layer, owner=None):
         if layer is None:
             return self
-        d = layer.__dict__
-        pending = d.get("_products")
-        if pending and self.name in pending:
-            a, b, _ = pending.pop(self.name)
-            d[self.slot] = layer.backend.matmul(a, b)
-        return d.get(self.slot)
+        unmade = layer._unmade(self.name)
+        if unmade is not None:
+            del layer._products[self.name]
+            layer.__dict__[self.slot] = layer.backend.matmul(unmade.a, unmade.b)
+        return layer.__dict__.get(self.slot)
 
     def __set__(self, layer, value):
-        d = layer.__dict__
-        pending = d.get("_products")
-        if pending:
-            pending.pop(self.name, None)
-        d[self.slot] = value
+        if layer._unmade(self.name) is not None:
+            del layer._products[self.name]
+        layer.__dict__[self.slot] = value
+
+
+class _Unmade:
+    """A gradient a @ b not made yet; `used`: an optimiser has added it into its
+    parameter."""
+
+    __slots__ = ("a", "b", "used")
+
+    def __init__(self, a, b):
+        self.a, self.b, self.used = a, b, False
 
 
 class Layer:
@@ -288,15 +294,19 @@ class Layer:
     def _leave_product(self, grad_name: str, a, b) -> None:
         """Leave the gradient `grad_name` (a ProductGrad) as the unmade product a @ b."""
         setattr(self, grad_name, None)
-        self.__dict__.setdefault("_products", {})[grad_name] = [a, b, False]
+        self.__dict__.setdefault("_products", {})[grad_name] = _Unmade(a, b)
+
+    def _unmade(self, grad_name: str):
+        """The `_Unmade` gradient `grad_name`, or None where it is made (or absent)."""
+        pending = self.__dict__.get("_products")
+        return pending.get(grad_name) if pending else None
 
     def _settle_products(self) -> None:
         """Before a forward pass: drop the unmade gradients an optimiser has added into
         its parameters (they read None from now on) and make the others, so that the
         last backward's arrays are not held past this pass."""
-        pending = self.__dict__.get("_products")
-        for name, (_, _, used) in list((pending or {}).items()):
-            if used:
+        for name, unmade in list(self.__dict__.get("_products", {}).items()):
+            if unmade.used:
                 setattr(self, name, None)
             else:
                 getattr(self, name)
