@@ -6,6 +6,10 @@ exactly that. Its kh·kw products read shifted windows of one padded input and s
 one result, with no column matrix in between. Plain SGD needs it too: W -= lr·(x.T @ g)
 is one product that adds into the weights, with no gradient array and no second pass.
 
+Products too small to gain from threads run on one BLAS thread (`serial`): after a
+threaded call OpenBLAS's idle workers spin for about 0.1 s, and for that time they
+take a core from the convolution kernels' threads (`_direct`).
+
 `gemm` is None where no such BLAS is found. The backend then builds columns as before.
 That happens with a NumPy built on another BLAS (Accelerate, MKL), or with the
 environment variable BACKENDNN_BLAS=0. The library is found with threadpoolctl, and its
@@ -24,6 +28,8 @@ import numpy as np
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _SYMBOLS = ("scipy_cblas_{}gemm64_", "cblas_{}gemm64_")  # ILP64 CBLAS names
 _FUNCS = None  # {dtype: gemm function} once looked up; {} where unavailable
+_CONTROL = []  # [OpenBLAS's threadpoolctl controller or None] once looked up
+SERIAL_MACS = 1 << 24  # multiply-adds below which `serial` keeps a product on one thread
 
 
 def _lookup() -> dict:
@@ -112,3 +118,39 @@ def gemm(dtype):
     if _FUNCS is None:
         _FUNCS = {k: functools.partial(_call, f) for k, f in _lookup().items()}
     return _FUNCS.get(np.dtype(dtype))
+
+
+def _controller():
+    """threadpoolctl's controller of NumPy's OpenBLAS, or None."""
+    if not _CONTROL:
+        found = None
+        try:
+            from threadpoolctl import ThreadpoolController
+            libs = ThreadpoolController().select(internal_api="openblas").lib_controllers
+            libs.sort(key=lambda c: "numpy" not in c.filepath)
+            found = libs[0] if libs else None
+        except Exception:  # noqa: BLE001 (no control: products keep their threads)
+            found = None
+        _CONTROL.append(found)
+    return _CONTROL[0]
+
+
+def threads() -> int:
+    """The threads NumPy's OpenBLAS runs a product on now (1 where unknown)."""
+    c = _controller()
+    return c.get_num_threads() if c is not None else 1
+
+
+def serial(fn, *args):
+    """fn(*args) with OpenBLAS on one thread: for products of fewer than SERIAL_MACS
+    multiply-adds, which take about as long on one core (0.1 ms for 64x4096 @ 4096x10
+    here) and then leave no worker spinning."""
+    c = _controller()
+    n = c.get_num_threads() if c is not None else 1
+    if n <= 1:
+        return fn(*args)
+    c.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        c.set_num_threads(n)

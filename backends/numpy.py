@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from . import _blas, _heap, _numba, _philox
+from . import _blas, _direct, _heap, _numba, _philox
 from ._base import Backend, to_host
 
 
@@ -205,13 +205,21 @@ class NumpyBackend(Backend):
     # columns; backward is [grad_w | grad_b] = grad @ columns.T, then the input's
     # columns W.T @ grad, written into the same buffer, and col2im adds its kh·kw
     # slices.
+    def matmul(self, a, b):
+        """a @ b; a product of fewer than _blas.SERIAL_MACS multiply-adds on one BLAS
+        thread (`_blas.serial`)."""
+        if a.ndim == 2 and b.ndim == 2 and a.shape[0] * a.shape[1] * b.shape[1] < \
+                _blas.SERIAL_MACS:
+            return _blas.serial(np.matmul, a, b)
+        return a @ b
+
     def conv2d(self, x, weights, bias, stride, padding, dilation, groups, workspace=None):
         """BLAS products on the padded input's windows or columns (see the comment
         above); float only."""
         if x.dtype.kind != "f" or x.dtype != weights.dtype:
             return super().conv2d(x, weights, bias, stride, padding, dilation, groups)
         if grid_fits(x.shape, weights.shape, stride, padding, dilation, groups):
-            if not few_channels(weights.shape):
+            if _direct.usable(x.dtype) or not few_channels(weights.shape):
                 return conv2d_grid(x, weights, bias, padding, dilation)
             return conv2d_columns(np, x, weights, bias, stride, padding, dilation, groups,
                                   None, keep=False)
@@ -587,6 +595,8 @@ def _grid_conv(src, hs, ws, weights, dilation, out, bias):
     """out (O, N, Ho, Wo) = the stride-1 convolution of the grid buffer `src` (C, N·Hs·Ws
     + tail) with weights (O, C, kh, kw) (any strides), plus bias (O,) if given."""
     c = weights.shape[1]
+    if _direct.usable(src.dtype):
+        return _direct.conv(src, hs, ws, weights, dilation, out, bias)
     gemm = _blas.gemm(src.dtype) if c >= _IMPLICIT_MIN_C else None
     if gemm is None:
         return _grid_conv_columns(src, hs, ws, weights, dilation, out, bias)
@@ -687,22 +697,28 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
     # dL/dweights: dL/dy on the input's grid (zero past each image's Ho rows and Wo
     # columns) times the input's shifted windows: kh products (one per kernel row)
     # summed over chunks of images, or one product with columns made chunk by chunk
-    gemm = _blas.gemm(dt) if min(o, c) >= _IMPLICIT_MIN_C else None
+    wide = min(o, c) >= _IMPLICIT_MIN_C
+    direct = _direct.usable(dt)
+    gemm = _blas.gemm(dt) if wide and not direct else None
+    on_grid = direct or gemm is not None
     # dL/dx's padded dL/dy (below) holds that grid too where their row and image
     # lengths agree (stride 1, "same" padding): one copy of dL/dy serves both
     back = (span[0] - pt, span[0] - pb, span[1] - pl, span[1] - pr)
-    shared = (gemm is not None and input_grad
+    shared = (on_grid and input_grad
               and (ho + max(back[:2]), wo + max(back[2:])) == (hs, ws))
     if shared:
         gbuf, hq, wq = _padded_grid(gy, back, span, "grid")
         lead = back[0] * ws + back[2]
         gyw2 = gbuf[:, lead:lead + n * hs * ws]
     else:
-        rows = hs if gemm is not None else ho
+        rows = hs if on_grid else ho
         gyw = _scratch("grid", (o, n, rows, ws), dt)
         _place(gyw, gy)
         gyw2 = gyw.reshape(o, n * rows * ws)
-    if gemm is not None:
+    if direct:
+        run = (n - 1) * hs * ws + ho * ws if n else 0
+        gw = _direct.weight_grad(gyw2, xbuf, run, s.kernel, s.dilation, ws)
+    elif gemm is not None:
         # kw copies of the input's grid, copy j shifted by j kernel columns, in rows
         # (c, j): a kernel row's weight gradient is then one product over c·kw rows,
         # and BLAS packs dL/dy kh times instead of kh·kw (a one-column kernel reads
@@ -733,7 +749,7 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
             m = min(nb, n - n0)
             cc = _grid_columns(xbuf, n0, m, hs, ws, s.kernel, s.dilation, ho, cols)
             gw += np.matmul(gyw2[:, n0 * ho * ws:(n0 + m) * ho * ws], cc.T, out=part)
-    gb = gyw2 @ _ones(gyw2.shape[1], dt) if s.has_bias else None
+    gb = _blas.serial(np.matmul, gyw2, _ones(gyw2.shape[1], dt)) if s.has_bias else None
     gw = np.ascontiguousarray(gw).reshape(s.weights.shape)
     if not input_grad:
         return None, gw, gb

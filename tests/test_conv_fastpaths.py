@@ -15,10 +15,28 @@ GRID_CASES = {
     "batch1": ((1, 1, 3, 3), (2, 3, 3), (1, 1, 1, 1), (1, 1)),
 }
 TOL = {"float32": dict(rtol=1e-5, atol=1e-5), "float64": dict(rtol=1e-12, atol=1e-12)}
-# the fewest channels a product sums over for the grid convolution to take kh·kw BLAS
-# products on shifted windows instead of columns: always, never, and in between (the
-# cases' products then mix both)
-CONV_PATHS = {"shifted": 1, "columns": 10**9, "mixed": 4}
+# (the fewest channels a product sums over for the grid convolution to leave columns,
+# whether the compiled direct kernel may take it): the direct kernel, kh·kw BLAS
+# products on shifted windows, columns, and in between (the cases' products then mix
+# shifted windows and columns)
+CONV_PATHS = {"direct": (1, True), "shifted": (1, False), "columns": (10**9, False),
+              "mixed": (4, False)}
+
+
+def _take_path(monkeypatch, path, dtype="float32"):
+    from backendnn.backends import _blas, _direct
+    from backendnn.backends import numpy as npb
+
+    min_c, direct = CONV_PATHS[path]
+    if direct and not _direct.usable(dtype):
+        pytest.skip("the direct kernel cannot be compiled here (or BACKENDNN_DIRECT=0)")
+    if path in ("shifted", "mixed") and _blas.gemm(dtype) is None:
+        pytest.skip("this NumPy's BLAS cannot be called directly (or BACKENDNN_BLAS=0)")
+    if not direct:
+        monkeypatch.setattr(_direct, "usable", lambda dtype: False)
+    monkeypatch.setattr(_direct, "_THREADED_MIN", 0)  # small cases split between threads
+    monkeypatch.setattr(npb, "_IMPLICIT_MIN_C", min_c)
+    monkeypatch.setattr(npb, "_FEW_CHANNELS", 0)  # the grid even for few channels
 
 
 def _portable_conv(x, w, b, padding, dilation, g, groups=1):
@@ -33,18 +51,14 @@ def _portable_conv(x, w, b, padding, dilation, g, groups=1):
 @pytest.mark.parametrize("case", list(GRID_CASES))
 def test_grid_conv_equals_portable(numpy_kernels, rng, case, dtype, path, chunk,
                                    monkeypatch):
-    from backendnn.backends import _blas
     from backendnn.backends import numpy as npb
 
-    if path != "columns" and _blas.gemm(dtype) is None:
-        pytest.skip("this NumPy's BLAS cannot be called directly (or BACKENDNN_BLAS=0)")
+    _take_path(monkeypatch, path, dtype)
     (n, c, h, w), (o, kh, kw), padding, dilation = GRID_CASES[case]
     be = get("numpy")
     assert npb.grid_fits((n, c, h, w), (o, c, kh, kw), (1, 1), padding, dilation, 1)
     if chunk == "image":
         monkeypatch.setattr(npb, "_GRID_COLS", 64)  # the chunk loop runs once per image
-    monkeypatch.setattr(npb, "_IMPLICIT_MIN_C", CONV_PATHS[path])
-    monkeypatch.setattr(npb, "_FEW_CHANNELS", 0)  # the grid even for few channels
     x = rng.normal(size=(n, c, h, w)).astype(dtype)
     wt = rng.normal(size=(o, c, kh, kw)).astype(dtype)
     b = rng.normal(size=(o,)).astype(dtype)
@@ -68,10 +82,7 @@ def test_grid_conv_equals_portable(numpy_kernels, rng, case, dtype, path, chunk,
 @pytest.mark.parametrize("path", list(CONV_PATHS))
 def test_grid_conv_of_an_empty_batch_has_zero_gradients(path, monkeypatch):
     """A rank's empty part of a last batch (DataParallel) must add zeros."""
-    from backendnn.backends import numpy as npb
-
-    monkeypatch.setattr(npb, "_IMPLICIT_MIN_C", CONV_PATHS[path])
-    monkeypatch.setattr(npb, "_FEW_CHANNELS", 0)
+    _take_path(monkeypatch, path)
     be = get("numpy")
     x = np.zeros((0, 4, 5, 5), np.float32)
     w = np.ones((3, 4, 3, 3), np.float32)
@@ -178,11 +189,15 @@ def test_few_input_channels_take_the_columns_path():
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("groups", [1, 3])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_columns_equal_portable(rng, dtype, groups, bias):
+def test_columns_equal_portable(rng, dtype, groups, bias, monkeypatch):
     """The columns path with its row of ones (one group with a bias) or without: built
-    again in backward (few channels, stride 1) or kept from forward (groups), and
-    built again for a second backward after dL/dx reused their buffer."""
+    again in backward (few channels, stride 1, where the direct kernel is not
+    compiled) or kept from forward (groups), and built again for a second backward
+    after dL/dx reused their buffer."""
+    from backendnn.backends import _direct
     from backendnn.backends import numpy as npb
+
+    monkeypatch.setattr(_direct, "usable", lambda dtype: False)
 
     be = get("numpy")
     n, c, h, w, o = 3, 3, 7, 6, 15

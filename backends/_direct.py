@@ -1,0 +1,439 @@
+"""Direct stride-1 convolution kernels for the NumPy backend, compiled for this CPU.
+
+The grid convolution (backends/numpy.py) sums kh·kw matrix products over shifted
+windows of one padded input. With 32 channels each product has K = 32: BLAS loads and
+stores its output tile for every one of them and packs the large operand each time,
+and reaches half the machine's rate. This kernel keeps a block of the output (OB
+output channels by WV vectors of 8 positions) in registers while it sums over every
+input channel and every kernel tap, and stores it once: the register-blocked direct
+convolution that oneDNN and XNNPACK use on CPUs.
+
+It is written in LLVM IR through llvmlite (which Numba is built on) because the block
+of accumulators must stay in registers, which neither NumPy nor Numba can express.
+One kernel is compiled per layer geometry (the taps' offsets are constants of the
+code), in tens of milliseconds, and kept for the process. It reads the grid buffer of
+`_padded_grid` in place, adds the bias into its accumulators and writes the output's
+rows directly: no columns, no product buffer, no crop.
+
+`usable(dtype)` is False where llvmlite is missing or cannot target this machine, for
+dtypes other than float32 and float64, or with BACKENDNN_DIRECT=0; the backend then
+takes its BLAS products as before.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+_LANES = {"f": 8, "d": 4}  # float32 and float64 lanes of an AVX2 register
+_OB = 4  # output channels per register block
+_WV = 2  # vectors of lanes per register block
+_OB_W, _TAPS_W = 3, 3  # weight gradient: output channels by taps per register block
+_CHUNK_W = 1024  # weight gradient: positions summed while they stay in cache
+_THREADED_MIN = 1 << 22  # multiply-adds below which a layer runs on the calling thread
+_PARTS = 4  # parts of a layer's rows per thread
+_STATE = {}  # "llvm": (binding, target machine) or False; "pool"; kernels by key
+_LOCK = threading.Lock()
+
+
+def _llvm():
+    """(llvmlite.binding, a target machine for this CPU), or None where llvmlite is
+    missing, too old (before the new pass manager, 0.44), or its first kernel does not
+    agree with NumPy."""
+    if "llvm" not in _STATE:
+        _STATE["llvm"] = False
+        if os.environ.get("BACKENDNN_DIRECT", "1") != "0":
+            try:
+                import llvmlite.binding as llvm
+                llvm.initialize_native_target()
+                llvm.initialize_native_asmprinter()
+                target = llvm.Target.from_default_triple()
+                tm = target.create_target_machine(
+                    cpu=llvm.get_host_cpu_name(),
+                    features=llvm.get_host_cpu_features().flatten(), opt=3)
+                _STATE["llvm"] = (llvm, tm)
+                if not _agrees():
+                    _STATE["llvm"] = False
+            except Exception:  # noqa: BLE001 (no usable LLVM: BLAS products instead)
+                _STATE["llvm"] = False
+    return _STATE["llvm"] or None
+
+
+def _agrees() -> bool:
+    """One small convolution and its weight gradient, in float32 and float64, against
+    NumPy."""
+    rng = np.random.default_rng(0)
+    for dt in (np.float32, np.float64):
+        x = rng.standard_normal((3, 40)).astype(dt)  # 3 channels, rows of 6 on a grid
+        w = rng.standard_normal((5, 3, 2, 2)).astype(dt)
+        g = rng.standard_normal((5, 30)).astype(dt)
+        y = np.empty((5, 1, 4, 5), dt)
+        conv(x, 5, 6, w, (1, 1), y, np.arange(5, dtype=dt))
+        taps = [(i, j, i * 6 + j) for i in range(2) for j in range(2)]
+        want = sum(np.einsum("oc,cp->op", w[:, :, i, j], x[:, off:off + 24])
+                   for i, j, off in taps).reshape(5, 4, 6)[:, :, :5]
+        gw = weight_grad(g, x, 25, (2, 2), (1, 1), 6)
+        want_gw = np.stack([g[:, :25] @ x[:, off:off + 25].T for _, _, off in taps], -1)
+        if not (np.allclose(y[:, 0], want + np.arange(5).reshape(5, 1, 1), 1e-4, 1e-4)
+                and np.allclose(gw.reshape(5, 3, 4), want_gw, 1e-4, 1e-4)):
+            return False
+    return True
+
+
+class _Emitter:
+    """An LLVM function under construction: types, counted loops, vector loads and
+    stores, and a loop carrying values (the accumulators) in registers."""
+
+    def __init__(self, name, letter, n_pointers, n_ints):
+        from llvmlite import ir
+
+        self.ir = ir
+        self.t = ir.FloatType() if letter == "f" else ir.DoubleType()
+        self.i64 = ir.IntType(64)
+        self.lanes, self.item = _LANES[letter], 4 if letter == "f" else 8
+        self.vec = ir.VectorType(self.t, self.lanes)
+        self.mod = ir.Module(name=name)
+        args = [self.t.as_pointer()] * n_pointers + [self.i64] * n_ints
+        self.fn = ir.Function(self.mod, ir.FunctionType(ir.VoidType(), args), name=name)
+        for a in self.fn.args[:n_pointers]:
+            a.add_attribute("noalias")
+        suffix = "f32" if letter == "f" else "f64"
+        self.fma = {
+            1: ir.Function(self.mod, ir.FunctionType(self.t, [self.t] * 3),
+                           f"llvm.fma.{suffix}"),
+            self.lanes: ir.Function(self.mod, ir.FunctionType(self.vec, [self.vec] * 3),
+                                    f"llvm.fma.v{self.lanes}{suffix}")}
+        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
+
+    def const(self, v):
+        return self.ir.Constant(self.i64, v)
+
+    def zero(self, lanes):
+        ty = self.vec if lanes > 1 else self.t
+        return self.ir.Constant(ty, [0.0] * lanes if lanes > 1 else 0.0)
+
+    def loop(self, lo, hi, body, carried=()):
+        """A counted loop lo <= i < hi. body(i, values) emits at the builder's position
+        and returns the carried values for the next iteration; returns their values
+        after the loop."""
+        b = self.b
+        pre = b.block
+        head, inner, done = (self.fn.append_basic_block() for _ in range(3))
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(self.i64)
+        i.add_incoming(lo, pre)
+        phis = []
+        for v in carried:
+            p = b.phi(v.type)
+            p.add_incoming(v, pre)
+            phis.append(p)
+        b.cbranch(b.icmp_signed("<", i, hi), inner, done)
+        b.position_at_end(inner)
+        new = body(i, phis) or ()
+        for p, v in zip(phis, new):
+            p.add_incoming(v, b.block)
+        i.add_incoming(b.add(i, self.const(1)), b.block)
+        b.branch(head)
+        b.position_at_end(done)
+        return phis
+
+    def splat(self, value, lanes):
+        if lanes == 1:
+            return value
+        ir, b = self.ir, self.b
+        i32 = ir.IntType(32)
+        v = b.insert_element(ir.Constant(self.vec, ir.Undefined), value, ir.Constant(i32, 0))
+        return b.shuffle_vector(v, ir.Constant(self.vec, ir.Undefined),
+                                ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+
+    def _pointer(self, base, index, lanes):
+        p = self.b.gep(base, [index], inbounds=True)
+        return p if lanes == 1 else self.b.bitcast(p, self.vec.as_pointer())
+
+    def load(self, base, index, lanes):
+        return self.b.load(self._pointer(base, index, lanes), align=self.item)
+
+    def store(self, value, base, index, lanes):
+        self.b.store(value, self._pointer(base, index, lanes), align=self.item)
+
+    def fmadd(self, a, x, acc, lanes):
+        return self.b.call(self.fma[lanes], [a, x, acc])
+
+    def text(self):
+        self.b.ret_void()
+        return str(self.mod)
+
+
+def _forward_ir(name, letter, taps, ob, wv, full, tail, orem, has_bias):
+    """The LLVM IR of a forward kernel.
+
+    void name(T* x, T* w, T* bias, T* y, i64 row0, i64 row1, i64 ho, i64 x_img,
+              i64 x_row, i64 x_c, i64 nc, i64 nob, i64 y_o, i64 y_n, i64 y_r)
+
+    For each output row `row` in [row0, row1) (image row // ho, row row % ho), each
+    of the `nob` blocks of `ob` output channels (then a block of `orem`) and each of
+    the `full` blocks of wv·lanes columns (then `tail` columns), T float (letter
+    "f") or double ("d"):
+        y[o·y_o + n·y_n + r·y_r + col] = bias[o] + sum over c < nc and taps t of
+            w[((o // ob·nc + c)·T + t)·ob + o % ob]
+            · x[n·x_img + r·x_row + c·x_c + col + taps[t]]
+    """
+    e = _Emitter(name, letter, 4, 11)
+    b, const, lanes = e.b, e.const, e.lanes
+    x, w, bias, y, row0, row1, ho, x_img, x_row, x_c, nc, nob, y_o, y_n, y_r = e.fn.args
+    ntaps = len(taps)
+
+    def block(xrow, yrow, blk, col, width, nv, nout):
+        """nout <= ob channels from blk·ob by nv vectors of `width` lanes from col."""
+        first = b.mul(blk, const(ob))
+        if has_bias:
+            init = [e.splat(e.load(bias, b.add(first, const(o)), 1), width)
+                    for o in range(nout) for _ in range(nv)]
+        else:
+            init = [e.zero(width)] * (nout * nv)
+        wblk = b.mul(blk, b.mul(nc, const(ntaps * ob)))
+
+        def channel(c, acc):
+            xc = b.add(b.add(xrow, b.mul(c, x_c)), col)
+            wc = b.add(wblk, b.mul(c, const(ntaps * ob)))
+            acc = list(acc)
+            for t, off in enumerate(taps):
+                xs = [e.load(x, b.add(xc, const(off + v * width)), width)
+                      for v in range(nv)]
+                for o in range(nout):
+                    wb = e.splat(e.load(w, b.add(wc, const(t * ob + o)), 1), width)
+                    for v in range(nv):
+                        acc[o * nv + v] = e.fmadd(wb, xs[v], acc[o * nv + v], width)
+            return acc
+
+        acc = e.loop(const(0), nc, channel, init)
+        for o in range(nout):
+            yo = b.add(b.add(yrow, b.mul(b.add(first, const(o)), y_o)), col)
+            for v in range(nv):
+                e.store(acc[o * nv + v], y, b.add(yo, const(v * width)), width)
+
+    def row_body(row, _):
+        n = b.sdiv(row, ho)
+        r = b.sub(row, b.mul(n, ho))
+        xrow = b.add(b.mul(n, x_img), b.mul(r, x_row))
+        yrow = b.add(b.mul(n, y_n), b.mul(r, y_r))
+
+        def blk_body(blk, _, nout=ob):
+            if full:
+                e.loop(const(0), const(full),
+                       lambda j, _: block(xrow, yrow, blk, b.mul(j, const(wv * lanes)),
+                                          lanes, wv, nout))
+            col = full * wv * lanes
+            if tail >= lanes:
+                block(xrow, yrow, blk, const(col), lanes, tail // lanes, nout)
+            if tail % lanes:
+                block(xrow, yrow, blk, const(col + tail - tail % lanes), 1,
+                      tail % lanes, nout)
+        e.loop(const(0), nob, blk_body)
+        if orem:
+            blk_body(nob, (), orem)
+
+    e.loop(row0, row1, row_body)
+    return e.text()
+
+
+def _weight_grad_ir(name, letter, groups, ob, chunk, orem):
+    """The LLVM IR of a weight-gradient kernel.
+
+    void name(T* gy, T* x, T* out, i64 p0, i64 p1, i64 gy_o, i64 x_c, i64 nc, i64 nob)
+
+    For every output channel o (`nob` blocks of `ob`, then `orem`), input channel
+    c < nc and tap t (the taps come in `groups`; a group's sums share the loads of
+    dL/dy), over positions p0 <= p < p1 in chunks of `chunk` positions:
+        out[((o·nc + c)·T + t)·lanes + p % lanes] += gy[o·gy_o + p] · x[c·x_c + p + tap]
+    (positions past the last full vector go to lane 0). A chunk of dL/dy and of the
+    input stays in cache while every block of channels and taps sums over it.
+    """
+    e = _Emitter(name, letter, 3, 6)
+    b, const, lanes = e.b, e.const, e.lanes
+    gy, x, out, p0, p1, gy_o, x_c, nc, nob = e.fn.args
+    ntaps = sum(len(g) for g in groups)
+
+    def block(lo, hi, blk, c, first_tap, group, nout):
+        """Sums of nout channels from blk·ob, input channel c, the taps of group."""
+        gyo = [b.mul(b.add(b.mul(blk, const(ob)), const(o)), gy_o) for o in range(nout)]
+        xc = b.mul(c, x_c)
+        nvec = b.sdiv(b.sub(hi, lo), const(lanes))
+        vend = b.add(lo, b.mul(nvec, const(lanes)))
+
+        def sums(width):
+            def step(p, acc):
+                g = [e.load(gy, b.add(gyo[o], p), width) for o in range(nout)]
+                acc = list(acc)
+                for k, tap in enumerate(group):
+                    xv = e.load(x, b.add(b.add(xc, p), const(tap)), width)
+                    for o in range(nout):
+                        acc[o * len(group) + k] = e.fmadd(g[o], xv, acc[o * len(group) + k],
+                                                          width)
+                return acc
+            return step
+
+        init = [e.zero(lanes)] * (nout * len(group))
+        vstep = sums(lanes)
+        acc = e.loop(const(0), nvec,
+                     lambda q, a: vstep(b.add(lo, b.mul(q, const(lanes))), a), init)
+        rest = e.loop(vend, hi, sums(1), [e.zero(1)] * (nout * len(group)))
+        for o in range(nout):
+            og = b.add(b.mul(blk, const(ob)), const(o))
+            for k in range(len(group)):
+                t = first_tap + k
+                at = b.mul(b.add(b.mul(b.add(b.mul(og, nc), c), const(ntaps)), const(t)),
+                           const(lanes))
+                e.store(b.fadd(e.load(out, at, lanes), acc[o * len(group) + k]),
+                        out, at, lanes)
+                e.store(b.fadd(e.load(out, at, 1), rest[o * len(group) + k]), out, at, 1)
+
+    def chunk_body(q, _):
+        lo = b.add(p0, b.mul(q, const(chunk)))
+        hi = b.select(b.icmp_signed("<", b.add(lo, const(chunk)), p1),
+                      b.add(lo, const(chunk)), p1)
+
+        def blk_body(blk, _, nout=ob):
+            def channel(c, _):
+                first = 0
+                for group in groups:
+                    block(lo, hi, blk, c, first, group, nout)
+                    first += len(group)
+            e.loop(const(0), nc, channel)
+        e.loop(const(0), nob, blk_body)
+        if orem:
+            blk_body(nob, (), orem)
+
+    nchunks = b.sdiv(b.add(b.sub(p1, p0), const(chunk - 1)), const(chunk))
+    e.loop(const(0), nchunks, chunk_body)
+    return e.text()
+
+
+def _compile(kind, key):
+    llvm, tm = _llvm()
+    make, nargs = {"forward": (_forward_ir, (4, 11)), "weights": (_weight_grad_ir, (3, 6))}[kind]
+    mod = llvm.parse_assembly(make(kind, *key))
+    mod.verify()
+    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
+    pb.getModulePassManager().run(mod, pb)
+    engine = llvm.create_mcjit_compiler(mod, tm)
+    engine.finalize_object()
+    proto = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nargs[0]
+                                     + [ctypes.c_int64] * nargs[1]))
+    return engine, proto(engine.get_function_address(kind))
+
+
+def _kernel(kind, key):
+    """The compiled kernel of `kind` for `key`, compiled on first use."""
+    k = _STATE.get((kind, key))
+    if k is None:
+        with _LOCK:
+            k = _STATE.get((kind, key))
+            if k is None:
+                k = _STATE[(kind, key)] = _compile(kind, key)
+    return k[1]
+
+
+def _threads() -> int:
+    """Threads to split a layer over: as many as NumPy's BLAS had when first asked."""
+    n = _STATE.get("threads")
+    if n is None:
+        from . import _blas
+        n = _STATE["threads"] = max(1, _blas.threads())
+    return n
+
+
+def _pool(threads):
+    """The process's pool of worker threads for the kernels (a new one in a child made
+    by fork, which does not inherit the parent's threads)."""
+    pool = _STATE.get("pool")
+    if pool is None or pool[0] != os.getpid():
+        pool = _STATE["pool"] = (os.getpid(), ThreadPoolExecutor(
+            threads, thread_name_prefix="backendnn"))
+    return pool[1]
+
+
+def usable(dtype) -> bool:
+    """Whether the kernels run for arrays of `dtype` (float32 or float64, in this
+    machine's byte order) here."""
+    dt = np.dtype(dtype)
+    return dt.isnative and dt.char in _LANES and _llvm() is not None
+
+
+def conv(src, hs, ws, weights, dilation, out, bias):
+    """out (O, N, Ho, Wo) = the stride-1 convolution of the grid buffer `src` (C,
+    lead + N·Hs·Ws + tail; see _padded_grid) with weights (O, C, kh, kw) (any strides),
+    plus bias (O,) if given; float32 or float64 (`usable`). Output rows are split
+    between threads in parts, taken in turn, so that a core the machine takes away for
+    a while delays one part only."""
+    o, n, ho, wo = out.shape
+    c, kh, kw = weights.shape[1:]
+    if out.size == 0:
+        return out
+    dt, item = out.dtype, out.itemsize
+    if src.dtype != dt or src.strides[1] != item or out.strides[3] != item:
+        raise ValueError("the direct convolution needs one dtype and unit-stride rows")
+    taps = tuple(i * dilation[0] * ws + j * dilation[1]
+                 for i in range(kh) for j in range(kw))
+    nob, orem = divmod(o, _OB)
+    full, rest = divmod(wo, _WV * _LANES[dt.char])
+    fn = _kernel("forward", (dt.char, taps, _OB, _WV, full, rest, orem, bias is not None))
+    # weights as (blocks of ob output channels, C, taps, ob), zeros past O: a block's
+    # broadcasts are contiguous
+    wp = np.zeros((nob + (orem > 0), _OB, c, kh * kw), dt)
+    wp.reshape(-1, c, kh * kw)[:o] = weights.reshape(o, c, kh * kw)
+    wp = np.ascontiguousarray(wp.transpose(0, 2, 3, 1))
+    b = np.ascontiguousarray(bias, dt) if bias is not None else np.zeros(1, dt)
+    args = (src.ctypes.data, wp.ctypes.data, b.ctypes.data, out.ctypes.data)
+    geo = (ho, hs * ws, ws, src.strides[0] // item, c, nob,
+           out.strides[0] // item, out.strides[1] // item, out.strides[2] // item)
+    rows = n * ho
+    nt = min(_threads(), rows)
+    if nt <= 1 or rows * wo * o * c * len(taps) < _THREADED_MIN:
+        fn(*args, 0, rows, *geo)
+        return out
+    pool = _pool(nt)
+    parts = min(rows, _PARTS * nt)
+    bounds = [rows * k // parts for k in range(parts + 1)]
+    for f in [pool.submit(fn, *args, lo, hi, *geo)
+              for lo, hi in zip(bounds[:-1], bounds[1:])]:
+        f.result()
+    return out
+
+
+def weight_grad(gy, src, run, kernel, dilation, ws):
+    """dL/dweights (O, C, kh, kw) of a stride-1 convolution: the sum over grid positions
+    p < run of gy[o, p] · src[c, p + i·dh·ws + j·dw], for dL/dy `gy` (O, >= run) laid
+    out on the input's grid (zero at positions that are no output) and the input's
+    grid buffer `src` (C, ...); float32 or float64 (`usable`). The positions are split
+    between threads in parts, each summing into its own buffer."""
+    o, c = gy.shape[0], src.shape[0]
+    kh, kw = kernel
+    dt, item = gy.dtype, gy.itemsize
+    if src.dtype != dt or gy.strides[1] != item or src.strides[1] != item:
+        raise ValueError("the direct convolution needs one dtype and unit-stride rows")
+    lanes = _LANES[dt.char]
+    rows = [tuple(i * dilation[0] * ws + j * dilation[1] for j in range(kw))
+            for i in range(kh)]
+    groups = tuple(r[k:k + _TAPS_W] for r in rows for k in range(0, kw, _TAPS_W))
+    nob, orem = divmod(o, _OB_W)
+    fn = _kernel("weights", (dt.char, groups, _OB_W, _CHUNK_W, orem))
+    nt = min(_threads(), max(1, run // _CHUNK_W))
+    if run * o * c * kh * kw < _THREADED_MIN:
+        nt = 1
+    parts = _PARTS * nt if nt > 1 else 1
+    outs = np.zeros((parts, o * c * kh * kw * lanes), dt)
+    geo = (gy.strides[0] // item, src.strides[0] // item, c, nob)
+    bounds = [run * k // parts // lanes * lanes for k in range(parts)] + [run]
+    calls = [(gy.ctypes.data, src.ctypes.data, outs[k].ctypes.data, bounds[k],
+              bounds[k + 1], *geo) for k in range(parts)]
+    if parts == 1:
+        fn(*calls[0])
+    else:
+        for f in [_pool(nt).submit(fn, *a) for a in calls]:
+            f.result()
+    return outs.sum(axis=0).reshape(o, c, kh * kw, lanes).sum(axis=-1).reshape(o, c, kh, kw)
