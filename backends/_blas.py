@@ -28,8 +28,8 @@ import numpy as np
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _SYMBOLS = ("scipy_cblas_{}gemm64_", "cblas_{}gemm64_")  # ILP64 CBLAS names
 _FUNCS = None  # {dtype: gemm function} once looked up; {} where unavailable
-_CONTROL = []  # [OpenBLAS's threadpoolctl controller or None] once looked up
-SERIAL_MACS = 1 << 24  # multiply-adds below which `serial` keeps a product on one thread
+_CONTROL = []  # [(get, set) of OpenBLAS's thread count, or None] once looked up
+SERIAL_MACS_MIN, SERIAL_MACS = 1 << 18, 1 << 24  # products that `serial` serves
 
 
 def _lookup() -> dict:
@@ -120,15 +120,26 @@ def gemm(dtype):
     return _FUNCS.get(np.dtype(dtype))
 
 
-def _controller():
-    """threadpoolctl's controller of NumPy's OpenBLAS, or None."""
+def _thread_funcs():
+    """(get, set) of the thread count of NumPy's OpenBLAS, or None."""
     if not _CONTROL:
         found = None
         try:
-            from threadpoolctl import ThreadpoolController
-            libs = ThreadpoolController().select(internal_api="openblas").lib_controllers
-            libs.sort(key=lambda c: "numpy" not in c.filepath)
-            found = libs[0] if libs else None
+            from threadpoolctl import threadpool_info
+            libs = sorted((i for i in threadpool_info() if i.get("internal_api") == "openblas"),
+                          key=lambda i: "numpy" not in i.get("filepath", ""))
+            for info in libs:
+                lib = ctypes.CDLL(info["filepath"])
+                for prefix, suffix in (("scipy_", "64_"), ("", "64_"), ("", "")):
+                    get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
+                    put = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
+                    if get is not None and put is not None:
+                        get.restype, get.argtypes = ctypes.c_int, []
+                        put.restype, put.argtypes = None, [ctypes.c_int]
+                        found = (get, put)
+                        break
+                if found:
+                    break
         except Exception:  # noqa: BLE001 (no control: products keep their threads)
             found = None
         _CONTROL.append(found)
@@ -137,20 +148,21 @@ def _controller():
 
 def threads() -> int:
     """The threads NumPy's OpenBLAS runs a product on now (1 where unknown)."""
-    c = _controller()
-    return c.get_num_threads() if c is not None else 1
+    funcs = _thread_funcs()
+    return funcs[0]() if funcs is not None else 1
 
 
 def serial(fn, *args):
-    """fn(*args) with OpenBLAS on one thread: for products of fewer than SERIAL_MACS
-    multiply-adds, which take about as long on one core (0.1 ms for 64x4096 @ 4096x10
-    here) and then leave no worker spinning."""
-    c = _controller()
-    n = c.get_num_threads() if c is not None else 1
+    """fn(*args) with OpenBLAS on one thread: for products of SERIAL_MACS_MIN to
+    SERIAL_MACS multiply-adds. OpenBLAS threads them, and they take about as long on
+    one core (0.1 ms for 64x4096 @ 4096x10 here) and then leave no worker spinning.
+    (OpenBLAS keeps smaller ones on one thread itself.)"""
+    funcs = _thread_funcs()
+    n = funcs[0]() if funcs is not None else 1
     if n <= 1:
         return fn(*args)
-    c.set_num_threads(1)
+    funcs[1](1)
     try:
         return fn(*args)
     finally:
-        c.set_num_threads(n)
+        funcs[1](n)

@@ -40,9 +40,9 @@ _LOCK = threading.Lock()
 
 
 def _llvm():
-    """(llvmlite.binding, a target machine for this CPU), or None where llvmlite is
-    missing, too old (before the new pass manager, 0.44), or its first kernel does not
-    agree with NumPy."""
+    """(llvmlite.binding, a function making target machines for this CPU), or None
+    where llvmlite is missing, too old (before the new pass manager, 0.44), or its
+    first kernels do not agree with NumPy."""
     if "llvm" not in _STATE:
         _STATE["llvm"] = False
         if os.environ.get("BACKENDNN_DIRECT", "1") != "0":
@@ -51,10 +51,13 @@ def _llvm():
                 llvm.initialize_native_target()
                 llvm.initialize_native_asmprinter()
                 target = llvm.Target.from_default_triple()
-                tm = target.create_target_machine(
-                    cpu=llvm.get_host_cpu_name(),
-                    features=llvm.get_host_cpu_features().flatten(), opt=3)
-                _STATE["llvm"] = (llvm, tm)
+                cpu, features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features()
+
+                def machine():  # one per engine: an engine frees its machine with it
+                    return target.create_target_machine(
+                        cpu=cpu, features=features.flatten(), opt=3)
+
+                _STATE["llvm"] = (llvm, machine)
                 if not _agrees():
                     _STATE["llvm"] = False
             except Exception:  # noqa: BLE001 (no usable LLVM: BLAS products instead)
@@ -313,14 +316,53 @@ def _weight_grad_ir(name, letter, groups, ob, chunk, orem):
     return e.text()
 
 
+def _cache_path(text, tm):
+    """Where the machine code of the IR `text` is kept between processes: a file named
+    by a hash of the IR, the CPU and llvmlite's version, in BACKENDNN_CACHE_DIR or
+    the user's cache folder (~/.cache/backendnn)."""
+    import hashlib
+
+    import llvmlite
+    llvm = _STATE["llvm"][0]
+    root = os.environ.get("BACKENDNN_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "backendnn")
+    ident = "\n".join((llvmlite.__version__, llvm.get_host_cpu_name(),
+                       llvm.get_host_cpu_features().flatten(), str(tm.triple), text))
+    return os.path.join(root, "direct-" + hashlib.sha256(ident.encode()).hexdigest() + ".o")
+
+
 def _compile(kind, key):
-    llvm, tm = _llvm()
+    """(engine, ctypes function) of one kernel: machine code from the cache when a
+    process compiled it before, else the IR optimised and compiled (and cached)."""
+    llvm, machine = _llvm()
+    tm = machine()
     make, nargs = {"forward": (_forward_ir, (4, 11)), "weights": (_weight_grad_ir, (3, 6))}[kind]
-    mod = llvm.parse_assembly(make(kind, *key))
+    text = make(kind, *key)
+    path = _cache_path(text, tm)
+    try:
+        with open(path, "rb") as f:
+            cached = f.read()
+    except OSError:
+        cached = None
+    mod = llvm.parse_assembly(text)
     mod.verify()
-    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
-    pb.getModulePassManager().run(mod, pb)
+    if cached is None:
+        pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
+        pb.getModulePassManager().run(mod, pb)
+
+    def keep(_module, code):
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(code)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only home: compile again next time
+
     engine = llvm.create_mcjit_compiler(mod, tm)
+    engine.set_object_cache(keep, lambda _module: cached)
     engine.finalize_object()
     proto = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * nargs[0]
                                      + [ctypes.c_int64] * nargs[1]))
@@ -414,6 +456,8 @@ def weight_grad(gy, src, run, kernel, dilation, ws):
     o, c = gy.shape[0], src.shape[0]
     kh, kw = kernel
     dt, item = gy.dtype, gy.itemsize
+    if run == 0:
+        return np.zeros((o, c, kh, kw), dt)
     if src.dtype != dt or gy.strides[1] != item or src.strides[1] != item:
         raise ValueError("the direct convolution needs one dtype and unit-stride rows")
     lanes = _LANES[dt.char]

@@ -206,10 +206,10 @@ class NumpyBackend(Backend):
     # columns W.T @ grad, written into the same buffer, and col2im adds its kh·kw
     # slices.
     def matmul(self, a, b):
-        """a @ b; a product of fewer than _blas.SERIAL_MACS multiply-adds on one BLAS
-        thread (`_blas.serial`)."""
-        if a.ndim == 2 and b.ndim == 2 and a.shape[0] * a.shape[1] * b.shape[1] < \
-                _blas.SERIAL_MACS:
+        """a @ b; a small product on one BLAS thread (`_blas.serial`)."""
+        if a.ndim == 2 and b.ndim == 2 and (_blas.SERIAL_MACS_MIN
+                                            <= a.shape[0] * a.shape[1] * b.shape[1]
+                                            < _blas.SERIAL_MACS):
             return _blas.serial(np.matmul, a, b)
         return a @ b
 
