@@ -480,7 +480,12 @@ def backprop_max_pool2d_slices(lib, backend, grad, saved):
 # For stride 1 the kh·kw column rows of image n are shifts of one flat run of the padded
 # input: row (c, i, j) is xpad[c, n].ravel()[i·dh·Wp + j·dw :][: Ho·Wp]. The product
 # then also computes the Wp - Wo columns past each row's end (garbage, dropped when the
-# result is copied out; 6% more work on 32x32, 12% on 16x16). Two ways to use this:
+# result is copied out; 6% more work on 32x32, 12% on 16x16). Three ways to use this:
+# - direct kernels (float32 and float64, any channel count, wherever llvmlite compiles
+#   them: `_direct`): each block of output channels and positions is summed over
+#   every channel and tap in registers, read from the grid in place and written
+#   straight into the output rows, bias included; the weight gradient likewise, over
+#   dL/dy on the input's grid. No columns, no product buffer, no copy out.
 # - shifted windows (16 channels or more, where this NumPy's BLAS can be called,
 #   `_blas`): kh·kw products (O, C) @ (C, run), each reading its window of the flat
 #   grid in place and adding into one result (BLAS's beta = 1). No columns at all;
@@ -511,13 +516,14 @@ class _GridSaved:
 
 
 def few_channels(weights_shape) -> bool:
-    """Whether a stride-1 convolution takes the columns path even where the grid fits:
-    few input channels (a first layer on RGB or grey images), with at most
-    _FEW_CHANNELS column rows per output channel. The grid would build columns for
-    them too, in chunks, and copy each chunk's products out of the grid; the columns
-    path writes its result with its product, bias included. The columns are built in
-    forward and again in backward, not kept in between (at the start and at the end of
-    the step, when few activations are alive)."""
+    """Whether a stride-1 convolution takes the columns path even where the grid fits
+    (and the direct kernels are not compiled): few input channels (a first layer on
+    RGB or grey images), with at most _FEW_CHANNELS column rows per output channel.
+    The grid would build columns for them too, in chunks, and copy each chunk's
+    products out of the grid; the columns path writes its result with its product,
+    bias included. The columns are built in forward and again in backward, not kept
+    in between (at the start and at the end of the step, when few activations are
+    alive)."""
     o, c, kh, kw = weights_shape
     return c < _IMPLICIT_MIN_C and c * kh * kw <= _FEW_CHANNELS * o
 
