@@ -59,9 +59,9 @@ def _llvm():
 
                 _STATE["llvm"] = (llvm, machine)
                 if not _agrees():
-                    _STATE["llvm"] = False
-            except Exception:  # noqa: BLE001 (no usable LLVM: BLAS products instead)
-                _STATE["llvm"] = False
+                    _STATE["llvm"], _STATE["why"] = False, "the first kernels disagree"
+            except Exception as e:  # noqa: BLE001 (no usable LLVM: BLAS products instead)
+                _STATE["llvm"], _STATE["why"] = False, f"{type(e).__name__}: {e}"
     return _STATE["llvm"] or None
 
 
@@ -78,10 +78,11 @@ def _agrees() -> bool:
         taps = [(i, j, i * 6 + j) for i in range(2) for j in range(2)]
         want = sum(np.einsum("oc,cp->op", w[:, :, i, j], x[:, off:off + 24])
                    for i, j, off in taps).reshape(5, 4, 6)[:, :, :5]
-        gw = weight_grad(g, x, 25, (2, 2), (1, 1), 6)
+        gw, gb = weight_grad(g, x, 25, (2, 2), (1, 1), 6, bias=True)
         want_gw = np.stack([g[:, :25] @ x[:, off:off + 25].T for _, _, off in taps], -1)
         if not (np.allclose(y[:, 0], want + np.arange(5).reshape(5, 1, 1), 1e-4, 1e-4)
-                and np.allclose(gw.reshape(5, 3, 4), want_gw, 1e-4, 1e-4)):
+                and np.allclose(gw.reshape(5, 3, 4), want_gw, 1e-4, 1e-4)
+                and np.allclose(gb, g[:, :25].sum(axis=1), 1e-4, 1e-4)):
             return False
     return True
 
@@ -244,56 +245,65 @@ def _forward_ir(name, letter, taps, ob, wv, full, tail, orem, has_bias):
     return e.text()
 
 
-def _weight_grad_ir(name, letter, groups, ob, chunk, orem):
+def _weight_grad_ir(name, letter, groups, ob, chunk, orem, has_bias):
     """The LLVM IR of a weight-gradient kernel.
 
-    void name(T* gy, T* x, T* out, i64 p0, i64 p1, i64 gy_o, i64 x_c, i64 nc, i64 nob)
+    void name(T* gy, T* x, T* out, T* bsum, i64 p0, i64 p1, i64 gy_o, i64 x_c, i64 nc,
+              i64 nob)
 
     For every output channel o (`nob` blocks of `ob`, then `orem`), input channel
     c < nc and tap t (the taps come in `groups`; a group's sums share the loads of
     dL/dy), over positions p0 <= p < p1 in chunks of `chunk` positions:
         out[((o·nc + c)·T + t)·lanes + p % lanes] += gy[o·gy_o + p] · x[c·x_c + p + tap]
+        bsum[o·lanes + p % lanes] += gy[o·gy_o + p]     (if has_bias)
     (positions past the last full vector go to lane 0). A chunk of dL/dy and of the
     input stays in cache while every block of channels and taps sums over it.
     """
-    e = _Emitter(name, letter, 3, 6)
+    e = _Emitter(name, letter, 4, 6)
     b, const, lanes = e.b, e.const, e.lanes
-    gy, x, out, p0, p1, gy_o, x_c, nc, nob = e.fn.args
+    gy, x, out, bsum, p0, p1, gy_o, x_c, nc, nob = e.fn.args
     ntaps = sum(len(g) for g in groups)
 
     def block(lo, hi, blk, c, first_tap, group, nout):
-        """Sums of nout channels from blk·ob, input channel c, the taps of group."""
+        """Sums of nout channels from blk·ob, input channel c, the taps of group; or,
+        with group None, the sums of dL/dy alone (the bias gradient)."""
         gyo = [b.mul(b.add(b.mul(blk, const(ob)), const(o)), gy_o) for o in range(nout)]
-        xc = b.mul(c, x_c)
+        xc = b.mul(c, x_c) if group is not None else None
         nvec = b.sdiv(b.sub(hi, lo), const(lanes))
         vend = b.add(lo, b.mul(nvec, const(lanes)))
+        width_k = 1 if group is None else len(group)
 
         def sums(width):
             def step(p, acc):
                 g = [e.load(gy, b.add(gyo[o], p), width) for o in range(nout)]
+                if group is None:
+                    return [b.fadd(a, v) for a, v in zip(acc, g)]
                 acc = list(acc)
                 for k, tap in enumerate(group):
                     xv = e.load(x, b.add(b.add(xc, p), const(tap)), width)
                     for o in range(nout):
-                        acc[o * len(group) + k] = e.fmadd(g[o], xv, acc[o * len(group) + k],
-                                                          width)
+                        acc[o * width_k + k] = e.fmadd(g[o], xv, acc[o * width_k + k], width)
                 return acc
             return step
 
-        init = [e.zero(lanes)] * (nout * len(group))
+        init = [e.zero(lanes)] * (nout * width_k)
         vstep = sums(lanes)
         acc = e.loop(const(0), nvec,
                      lambda q, a: vstep(b.add(lo, b.mul(q, const(lanes))), a), init)
-        rest = e.loop(vend, hi, sums(1), [e.zero(1)] * (nout * len(group)))
+        rest = e.loop(vend, hi, sums(1), [e.zero(1)] * (nout * width_k))
         for o in range(nout):
             og = b.add(b.mul(blk, const(ob)), const(o))
-            for k in range(len(group)):
-                t = first_tap + k
-                at = b.mul(b.add(b.mul(b.add(b.mul(og, nc), c), const(ntaps)), const(t)),
-                           const(lanes))
-                e.store(b.fadd(e.load(out, at, lanes), acc[o * len(group) + k]),
-                        out, at, lanes)
-                e.store(b.fadd(e.load(out, at, 1), rest[o * len(group) + k]), out, at, 1)
+            for k in range(width_k):
+                if group is None:
+                    dest, at = bsum, b.mul(og, const(lanes))
+                else:
+                    t = first_tap + k
+                    dest = out
+                    at = b.mul(b.add(b.mul(b.add(b.mul(og, nc), c), const(ntaps)),
+                                     const(t)), const(lanes))
+                e.store(b.fadd(e.load(dest, at, lanes), acc[o * width_k + k]),
+                        dest, at, lanes)
+                e.store(b.fadd(e.load(dest, at, 1), rest[o * width_k + k]), dest, at, 1)
 
     def chunk_body(q, _):
         lo = b.add(p0, b.mul(q, const(chunk)))
@@ -301,6 +311,9 @@ def _weight_grad_ir(name, letter, groups, ob, chunk, orem):
                       b.add(lo, const(chunk)), p1)
 
         def blk_body(blk, _, nout=ob):
+            if has_bias:
+                block(lo, hi, blk, None, 0, None, nout)
+
             def channel(c, _):
                 first = 0
                 for group in groups:
@@ -337,7 +350,7 @@ def _compile(kind, key):
     process compiled it before, else the IR optimised and compiled (and cached)."""
     llvm, machine = _llvm()
     tm = machine()
-    make, nargs = {"forward": (_forward_ir, (4, 11)), "weights": (_weight_grad_ir, (3, 6))}[kind]
+    make, nargs = {"forward": (_forward_ir, (4, 11)), "weights": (_weight_grad_ir, (4, 6))}[kind]
     text = make(kind, *key)
     path = _cache_path(text, tm)
     try:
@@ -447,17 +460,18 @@ def conv(src, hs, ws, weights, dilation, out, bias):
     return out
 
 
-def weight_grad(gy, src, run, kernel, dilation, ws):
-    """dL/dweights (O, C, kh, kw) of a stride-1 convolution: the sum over grid positions
-    p < run of gy[o, p] · src[c, p + i·dh·ws + j·dw], for dL/dy `gy` (O, >= run) laid
-    out on the input's grid (zero at positions that are no output) and the input's
-    grid buffer `src` (C, ...); float32 or float64 (`usable`). The positions are split
-    between threads in parts, each summing into its own buffer."""
+def weight_grad(gy, src, run, kernel, dilation, ws, bias=False):
+    """(dL/dweights (O, C, kh, kw), dL/dbias (O,) or None) of a stride-1 convolution:
+    the sums over grid positions p < run of gy[o, p] · src[c, p + i·dh·ws + j·dw] and
+    (with `bias`) of gy[o, p], for dL/dy `gy` (O, >= run) laid out on the input's grid
+    (zero at positions that are no output) and the input's grid buffer `src` (C, ...);
+    float32 or float64 (`usable`). The positions are split between threads in parts,
+    each summing into its own buffer."""
     o, c = gy.shape[0], src.shape[0]
     kh, kw = kernel
     dt, item = gy.dtype, gy.itemsize
     if run == 0:
-        return np.zeros((o, c, kh, kw), dt)
+        return np.zeros((o, c, kh, kw), dt), np.zeros(o, dt) if bias else None
     if src.dtype != dt or gy.strides[1] != item or src.strides[1] != item:
         raise ValueError("the direct convolution needs one dtype and unit-stride rows")
     lanes = _LANES[dt.char]
@@ -465,19 +479,23 @@ def weight_grad(gy, src, run, kernel, dilation, ws):
             for i in range(kh)]
     groups = tuple(r[k:k + _TAPS_W] for r in rows for k in range(0, kw, _TAPS_W))
     nob, orem = divmod(o, _OB_W)
-    fn = _kernel("weights", (dt.char, groups, _OB_W, _CHUNK_W, orem))
+    fn = _kernel("weights", (dt.char, groups, _OB_W, _CHUNK_W, orem, bool(bias)))
     nt = min(_threads(), max(1, run // _CHUNK_W))
     if run * o * c * kh * kw < _THREADED_MIN:
         nt = 1
     parts = _PARTS * nt if nt > 1 else 1
-    outs = np.zeros((parts, o * c * kh * kw * lanes), dt)
+    size = o * c * kh * kw * lanes
+    outs = np.zeros((parts, size + o * lanes), dt)  # weight sums, then bias sums
     geo = (gy.strides[0] // item, src.strides[0] // item, c, nob)
     bounds = [run * k // parts // lanes * lanes for k in range(parts)] + [run]
-    calls = [(gy.ctypes.data, src.ctypes.data, outs[k].ctypes.data, bounds[k],
-              bounds[k + 1], *geo) for k in range(parts)]
+    calls = [(gy.ctypes.data, src.ctypes.data, outs[k].ctypes.data,
+              outs[k, size:].ctypes.data, bounds[k], bounds[k + 1], *geo)
+             for k in range(parts)]
     if parts == 1:
         fn(*calls[0])
     else:
         for f in [_pool(nt).submit(fn, *a) for a in calls]:
             f.result()
-    return outs.sum(axis=0).reshape(o, c, kh * kw, lanes).sum(axis=-1).reshape(o, c, kh, kw)
+    total = outs.sum(axis=0)
+    gw = total[:size].reshape(o, c, kh * kw, lanes).sum(axis=-1).reshape(o, c, kh, kw)
+    return gw, total[size:].reshape(o, lanes).sum(axis=-1) if bias else None

@@ -723,7 +723,8 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
         gyw2 = gyw.reshape(o, n * rows * ws)
     if direct:
         run = (n - 1) * hs * ws + ho * ws if n else 0
-        gw = _direct.weight_grad(gyw2, xbuf, run, s.kernel, s.dilation, ws)
+        gw, gb = _direct.weight_grad(gyw2, xbuf, run, s.kernel, s.dilation, ws,
+                                     s.has_bias)
     elif gemm is not None:
         # kw copies of the input's grid, copy j shifted by j kernel columns, in rows
         # (c, j): a kernel row's weight gradient is then one product over c·kw rows,
@@ -755,7 +756,10 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
             m = min(nb, n - n0)
             cc = _grid_columns(xbuf, n0, m, hs, ws, s.kernel, s.dilation, ho, cols)
             gw += np.matmul(gyw2[:, n0 * ho * ws:(n0 + m) * ho * ws], cc.T, out=part)
-    gb = _blas.serial(np.matmul, gyw2, _ones(gyw2.shape[1], dt)) if s.has_bias else None
+    if s.has_bias and not direct:
+        gb = _blas.serial(np.matmul, gyw2, _ones(gyw2.shape[1], dt))
+    elif not direct:
+        gb = None
     gw = np.ascontiguousarray(gw).reshape(s.weights.shape)
     if not input_grad:
         return None, gw, gb

@@ -32,6 +32,17 @@ def _case(rng, dtype="float32", n=2, c=16, o=8, hw=9):
     return x, w, rng.normal(size=(o,)).astype(dtype)
 
 
+def test_kernels_compile_where_llvmlite_is_installed():
+    """The other tests here skip where the kernels are not usable: that must be for
+    want of llvmlite or by choice, never a kernel that fails to compile or agree."""
+    from backendnn.backends import _direct
+
+    pytest.importorskip("llvmlite", reason="llvmlite is not installed")
+    if os.environ.get("BACKENDNN_DIRECT", "1") == "0":
+        pytest.skip("BACKENDNN_DIRECT=0 turns the kernels off")
+    assert _direct.usable("float32"), _direct._STATE.get("why")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_dtypes_in_this_machines_byte_order_only(direct, dtype):
     assert direct.usable(dtype)
@@ -104,9 +115,9 @@ def test_a_forked_child_makes_its_own_threads(direct, monkeypatch):
 
 
 def test_weight_gradient_of_no_positions_is_zero(direct):
-    gw = direct.weight_grad(np.zeros((4, 0), np.float32), np.zeros((3, 10), np.float32), 0,
-                            (3, 3), (1, 1), 4)
-    assert gw.shape == (4, 3, 3, 3) and not gw.any()
+    gw, gb = direct.weight_grad(np.zeros((4, 0), np.float32), np.zeros((3, 10), np.float32),
+                                0, (3, 3), (1, 1), 4, bias=True)
+    assert gw.shape == (4, 3, 3, 3) and not gw.any() and gb.shape == (4,) and not gb.any()
 
 
 def test_kernels_refuse_mixed_dtypes_and_strided_rows(direct):
