@@ -36,33 +36,47 @@ _CHUNK_W = 1024  # weight gradient: positions summed while they stay in cache
 _THREADED_MIN = 1 << 22  # multiply-adds below which a layer runs on the calling thread
 _PARTS = 4  # parts of a layer's rows per thread
 _STATE = {}  # "llvm": (binding, target machine) or False; "pool"; kernels by key
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # compiling; _agrees compiles inside _llvm's hold
 
 
 def _llvm():
     """(llvmlite.binding, a function making target machines for this CPU), or None
     where llvmlite is missing, too old (before the new pass manager, 0.44), or its
-    first kernels do not agree with NumPy."""
+    first kernels do not agree with NumPy. Looked up once per process; other threads
+    wait for the first."""
     if "llvm" not in _STATE:
-        _STATE["llvm"] = False
-        if os.environ.get("BACKENDNN_DIRECT", "1") != "0":
-            try:
-                import llvmlite.binding as llvm
-                llvm.initialize_native_target()
-                llvm.initialize_native_asmprinter()
-                target = llvm.Target.from_default_triple()
-                cpu, features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features()
-
-                def machine():  # one per engine: an engine frees its machine with it
-                    return target.create_target_machine(
-                        cpu=cpu, features=features.flatten(), opt=3)
-
-                _STATE["llvm"] = (llvm, machine)
-                if not _agrees():
-                    _STATE["llvm"], _STATE["why"] = False, "the first kernels disagree"
-            except Exception as e:  # noqa: BLE001 (no usable LLVM: BLAS products instead)
-                _STATE["llvm"], _STATE["why"] = False, f"{type(e).__name__}: {e}"
+        with _LOCK:
+            if "llvm" not in _STATE:
+                _STATE["llvm"] = _load()
     return _STATE["llvm"] or None
+
+
+def _load():
+    """_llvm's value; why not, in _STATE["why"]."""
+    if os.environ.get("BACKENDNN_DIRECT", "1") == "0":
+        _STATE["why"] = "BACKENDNN_DIRECT=0"
+        return False
+    try:
+        import llvmlite.binding as llvm
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        target = llvm.Target.from_default_triple()
+        cpu, features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features()
+
+        def machine():  # one per engine: an engine frees its machine with it
+            return target.create_target_machine(cpu=cpu, features=features.flatten(), opt=3)
+
+        _STATE["checking"] = (llvm, machine)  # what _compile uses for _agrees' kernels
+        agrees = _agrees()
+    except Exception as e:  # noqa: BLE001 (no usable LLVM: BLAS products instead)
+        _STATE["why"] = f"{type(e).__name__}: {e}"
+        return False
+    finally:
+        _STATE.pop("checking", None)
+    if not agrees:
+        _STATE["why"] = "the first kernels disagree with NumPy"
+        return False
+    return (llvm, machine)
 
 
 def _agrees() -> bool:
@@ -180,8 +194,8 @@ def _forward_ir(name, letter, taps, ob, wv, full, tail, orem, has_bias):
 
     For each output row `row` in [row0, row1) (image row // ho, row row % ho), each
     of the `nob` blocks of `ob` output channels (then a block of `orem`) and each of
-    the `full` blocks of wv·lanes columns (then `tail` columns), T float (letter
-    "f") or double ("d"):
+    the `full` blocks of wv·lanes columns (then `tail` columns; rows narrower than a
+    block are taken two at a time), T float (letter "f") or double ("d"):
         y[o·y_o + n·y_n + r·y_r + col] = bias[o] + sum over c < nc and taps t of
             w[((o // ob·nc + c)·T + t)·ob + o % ob]
             · x[n·x_img + r·x_row + c·x_c + col + taps[t]]
@@ -191,57 +205,71 @@ def _forward_ir(name, letter, taps, ob, wv, full, tail, orem, has_bias):
     x, w, bias, y, row0, row1, ho, x_img, x_row, x_c, nc, nob, y_o, y_n, y_r = e.fn.args
     ntaps = len(taps)
 
-    def block(xrow, yrow, blk, col, width, nv, nout):
-        """nout <= ob channels from blk·ob by nv vectors of `width` lanes from col."""
+    def block(bases, blk, col, width, nv, nout):
+        """nout <= ob channels from blk·ob by nv vectors of `width` lanes from col, in
+        each output row of `bases` ((x index, y index) of its first column)."""
         first = b.mul(blk, const(ob))
+        nacc = len(bases) * nv
         if has_bias:
             init = [e.splat(e.load(bias, b.add(first, const(o)), 1), width)
-                    for o in range(nout) for _ in range(nv)]
+                    for o in range(nout) for _ in range(nacc)]
         else:
-            init = [e.zero(width)] * (nout * nv)
+            init = [e.zero(width)] * (nout * nacc)
         wblk = b.mul(blk, b.mul(nc, const(ntaps * ob)))
 
         def channel(c, acc):
-            xc = b.add(b.add(xrow, b.mul(c, x_c)), col)
+            xcs = [b.add(b.add(xrow, b.mul(c, x_c)), col) for xrow, _ in bases]
             wc = b.add(wblk, b.mul(c, const(ntaps * ob)))
             acc = list(acc)
             for t, off in enumerate(taps):
                 xs = [e.load(x, b.add(xc, const(off + v * width)), width)
-                      for v in range(nv)]
+                      for xc in xcs for v in range(nv)]
                 for o in range(nout):
                     wb = e.splat(e.load(w, b.add(wc, const(t * ob + o)), 1), width)
-                    for v in range(nv):
-                        acc[o * nv + v] = e.fmadd(wb, xs[v], acc[o * nv + v], width)
+                    for k in range(nacc):
+                        acc[o * nacc + k] = e.fmadd(wb, xs[k], acc[o * nacc + k], width)
             return acc
 
         acc = e.loop(const(0), nc, channel, init)
         for o in range(nout):
-            yo = b.add(b.add(yrow, b.mul(b.add(first, const(o)), y_o)), col)
-            for v in range(nv):
-                e.store(acc[o * nv + v], y, b.add(yo, const(v * width)), width)
+            oy = b.mul(b.add(first, const(o)), y_o)
+            for r, (_, yrow) in enumerate(bases):
+                yo = b.add(b.add(yrow, oy), col)
+                for v in range(nv):
+                    e.store(acc[o * nacc + r * nv + v], y, b.add(yo, const(v * width)),
+                            width)
 
-    def row_body(row, _):
-        n = b.sdiv(row, ho)
-        r = b.sub(row, b.mul(n, ho))
-        xrow = b.add(b.mul(n, x_img), b.mul(r, x_row))
-        yrow = b.add(b.mul(n, y_n), b.mul(r, y_r))
+    def rows_body(rows):
+        bases = []
+        for row in rows:
+            n = b.sdiv(row, ho)
+            r = b.sub(row, b.mul(n, ho))
+            bases.append((b.add(b.mul(n, x_img), b.mul(r, x_row)),
+                          b.add(b.mul(n, y_n), b.mul(r, y_r))))
 
         def blk_body(blk, _, nout=ob):
             if full:
                 e.loop(const(0), const(full),
-                       lambda j, _: block(xrow, yrow, blk, b.mul(j, const(wv * lanes)),
+                       lambda j, _: block(bases, blk, b.mul(j, const(wv * lanes)),
                                           lanes, wv, nout))
             col = full * wv * lanes
             if tail >= lanes:
-                block(xrow, yrow, blk, const(col), lanes, tail // lanes, nout)
+                block(bases, blk, const(col), lanes, tail // lanes, nout)
             if tail % lanes:
-                block(xrow, yrow, blk, const(col + tail - tail % lanes), 1,
-                      tail % lanes, nout)
+                block(bases, blk, const(col + tail - tail % lanes), 1, tail % lanes, nout)
         e.loop(const(0), nob, blk_body)
         if orem:
             blk_body(nob, (), orem)
 
-    e.loop(row0, row1, row_body)
+    # rows narrower than a block: a block spans `together` rows, so that it still has
+    # wv vectors of accumulators (one vector of 8 has too few to hide the FMA latency)
+    together = max(1, wv // (tail // lanes)) if not full and tail >= lanes else 1
+    groups = b.sdiv(b.sub(row1, row0), const(together))
+    e.loop(const(0), groups, lambda q, _: rows_body(
+        [b.add(b.add(row0, b.mul(q, const(together))), const(k)) for k in range(together)]))
+    if together > 1:
+        e.loop(b.add(row0, b.mul(groups, const(together))), row1,
+               lambda row, _: rows_body([row]))
     return e.text()
 
 
@@ -336,7 +364,7 @@ def _cache_path(text, tm):
     import hashlib
 
     import llvmlite
-    llvm = _STATE["llvm"][0]
+    llvm = (_STATE.get("llvm") or _STATE["checking"])[0]
     root = os.environ.get("BACKENDNN_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
         "backendnn")
@@ -348,7 +376,7 @@ def _cache_path(text, tm):
 def _compile(kind, key):
     """(engine, ctypes function) of one kernel: machine code from the cache when a
     process compiled it before, else the IR optimised and compiled (and cached)."""
-    llvm, machine = _llvm()
+    llvm, machine = _STATE.get("llvm") or _STATE["checking"]
     tm = machine()
     make, nargs = {"forward": (_forward_ir, (4, 11)), "weights": (_weight_grad_ir, (4, 6))}[kind]
     text = make(kind, *key)
@@ -386,6 +414,8 @@ def _kernel(kind, key):
     """The compiled kernel of `kind` for `key`, compiled on first use."""
     k = _STATE.get((kind, key))
     if k is None:
+        if "checking" not in _STATE and _llvm() is None:
+            raise RuntimeError(f"the direct kernels are not usable here: {_STATE.get('why')}")
         with _LOCK:
             k = _STATE.get((kind, key))
             if k is None:
@@ -402,14 +432,38 @@ def _threads() -> int:
     return n
 
 
-def _pool(threads):
+def _pool(workers):
     """The process's pool of worker threads for the kernels (a new one in a child made
     by fork, which does not inherit the parent's threads)."""
     pool = _STATE.get("pool")
     if pool is None or pool[0] != os.getpid():
         pool = _STATE["pool"] = (os.getpid(), ThreadPoolExecutor(
-            threads, thread_name_prefix="backendnn"))
+            workers, thread_name_prefix="backendnn"))
     return pool[1]
+
+
+def _run(work, items, threads):
+    """work(item, slot) for item in range(items), on the calling thread (slot 0) and
+    threads - 1 workers of the pool (slots 1, 2, ...), each taking the next item in
+    turn until none is left."""
+    if threads <= 1 or items == 1:
+        for i in range(items):
+            work(i, 0)
+        return
+    todo, lock = iter(range(items)), threading.Lock()
+
+    def take(slot):
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            work(i, slot)
+
+    helpers = [_pool(threads - 1).submit(take, k) for k in range(1, threads)]
+    take(0)
+    for f in helpers:
+        f.result()
 
 
 def usable(dtype) -> bool:
@@ -423,8 +477,8 @@ def conv(src, hs, ws, weights, dilation, out, bias):
     """out (O, N, Ho, Wo) = the stride-1 convolution of the grid buffer `src` (C,
     lead + N·Hs·Ws + tail; see _padded_grid) with weights (O, C, kh, kw) (any strides),
     plus bias (O,) if given; float32 or float64 (`usable`). Output rows are split
-    between threads in parts, taken in turn, so that a core the machine takes away for
-    a while delays one part only."""
+    into parts that the calling thread and the pool's workers take in turn, so that a
+    core the machine takes away for a while delays one part only."""
     o, n, ho, wo = out.shape
     c, kh, kw = weights.shape[1:]
     if out.size == 0:
@@ -448,15 +502,11 @@ def conv(src, hs, ws, weights, dilation, out, bias):
            out.strides[0] // item, out.strides[1] // item, out.strides[2] // item)
     rows = n * ho
     nt = min(_threads(), rows)
-    if nt <= 1 or rows * wo * o * c * len(taps) < _THREADED_MIN:
-        fn(*args, 0, rows, *geo)
-        return out
-    pool = _pool(nt)
-    parts = min(rows, _PARTS * nt)
+    if rows * wo * o * c * len(taps) < _THREADED_MIN:
+        nt = 1
+    parts = min(rows, _PARTS * nt) if nt > 1 else 1
     bounds = [rows * k // parts for k in range(parts + 1)]
-    for f in [pool.submit(fn, *args, lo, hi, *geo)
-              for lo, hi in zip(bounds[:-1], bounds[1:])]:
-        f.result()
+    _run(lambda i, _: fn(*args, bounds[i], bounds[i + 1], *geo), parts, nt)
     return out
 
 
@@ -465,8 +515,8 @@ def weight_grad(gy, src, run, kernel, dilation, ws, bias=False):
     the sums over grid positions p < run of gy[o, p] · src[c, p + i·dh·ws + j·dw] and
     (with `bias`) of gy[o, p], for dL/dy `gy` (O, >= run) laid out on the input's grid
     (zero at positions that are no output) and the input's grid buffer `src` (C, ...);
-    float32 or float64 (`usable`). The positions are split between threads in parts,
-    each summing into its own buffer."""
+    float32 or float64 (`usable`). The positions are split into parts that the
+    threads take in turn, each thread summing into its own buffer."""
     o, c = gy.shape[0], src.shape[0]
     kh, kw = kernel
     dt, item = gy.dtype, gy.itemsize
@@ -485,17 +535,15 @@ def weight_grad(gy, src, run, kernel, dilation, ws, bias=False):
         nt = 1
     parts = _PARTS * nt if nt > 1 else 1
     size = o * c * kh * kw * lanes
-    outs = np.zeros((parts, size + o * lanes), dt)  # weight sums, then bias sums
+    outs = np.zeros((nt, size + o * lanes), dt)  # per thread: weight sums, bias sums
     geo = (gy.strides[0] // item, src.strides[0] // item, c, nob)
     bounds = [run * k // parts // lanes * lanes for k in range(parts)] + [run]
-    calls = [(gy.ctypes.data, src.ctypes.data, outs[k].ctypes.data,
-              outs[k, size:].ctypes.data, bounds[k], bounds[k + 1], *geo)
-             for k in range(parts)]
-    if parts == 1:
-        fn(*calls[0])
-    else:
-        for f in [_pool(nt).submit(fn, *a) for a in calls]:
-            f.result()
+
+    def work(i, slot):
+        fn(gy.ctypes.data, src.ctypes.data, outs[slot].ctypes.data,
+           outs[slot, size:].ctypes.data, bounds[i], bounds[i + 1], *geo)
+
+    _run(work, parts, nt)
     total = outs.sum(axis=0)
     gw = total[:size].reshape(o, c, kh * kw, lanes).sum(axis=-1).reshape(o, c, kh, kw)
     return gw, total[size:].reshape(o, lanes).sum(axis=-1) if bias else None

@@ -13,6 +13,7 @@ GRID_CASES = {
     "dilated": ((2, 2, 9, 7), (3, 3, 3), (2, 1, 1, 2), (2, 1)),
     "kernel1": ((4, 3, 4, 3), (5, 1, 1), (0, 0, 0, 0), (1, 1)),
     "batch1": ((1, 1, 3, 3), (2, 3, 3), (1, 1, 1, 1), (1, 1)),
+    "rows9": ((3, 6, 5, 9), (6, 3, 3), (1, 1, 1, 1), (1, 1)),  # a vector and a lane
 }
 TOL = {"float32": dict(rtol=1e-5, atol=1e-5), "float64": dict(rtol=1e-12, atol=1e-12)}
 # (the fewest channels a product sums over for the grid convolution to leave columns,

@@ -70,19 +70,29 @@ def test_without_the_kernels_convolutions_take_blas_products(direct, rng, monkey
     assert not called
 
 
-def test_kernels_run_on_the_pool_and_equal_one_thread(direct, rng, monkeypatch):
+def test_kernels_split_over_threads_equal_one_thread(direct, rng, monkeypatch):
+    """Forward, dL/dx and dL/dweights in parts over the calling thread and the pool:
+    the same values as in one piece on one thread."""
     x, w, b = _case(rng, n=5, hw=11)
     monkeypatch.setattr(direct, "_THREADED_MIN", 1 << 62)
     one = _conv_step(x, w, b)
     monkeypatch.setattr(direct, "_THREADED_MIN", 0)
-    threads = set()
-    pool = direct._pool(2)
-    submit = pool.submit
-    monkeypatch.setattr(pool, "submit", lambda fn, *a: threads.add(a[3:5]) or submit(fn, *a))
+    monkeypatch.setattr(direct, "_CHUNK_W", 64)  # positions of a part: several parts
+    runs, slots = [], set()
+    run = direct._run
+
+    def recording(work, items, threads):
+        runs.append((items, threads))
+        return run(lambda i, slot: slots.add(slot) or work(i, slot), items, threads)
+
+    monkeypatch.setattr(direct, "_run", recording)
     for got, ref in zip(_conv_step(x, w, b), one):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
-    if direct._threads() > 1:
-        assert len(threads) > 2  # forward, dL/dx and dL/dweights in parts
+    nt = direct._threads()
+    assert len(runs) == 3 and all(t == nt for _, t in runs)
+    if nt > 1:
+        assert all(items > nt for items, _ in runs)
+    assert slots <= set(range(nt)) and 0 in slots
 
 
 def _child(queue):
@@ -180,3 +190,35 @@ def test_compiled_kernels_are_kept_on_disk_for_the_next_process(direct, rng, mon
     for got, ref in zip(_conv_step(x, w, b), want):
         np.testing.assert_array_equal(got, ref)
     assert sorted(tmp_path.iterdir()) == files
+
+
+def test_a_kernel_called_first_looks_llvm_up_without_waiting_on_itself(direct, rng,
+                                                                       monkeypatch):
+    """`conv` before any `usable`: the look-up compiles its check's kernels under the
+    lock the kernel holds (it used to wait on itself forever)."""
+    import threading
+
+    monkeypatch.setattr(direct, "_STATE", {})
+    src = rng.normal(size=(3, 64)).astype("float32")
+    w = rng.normal(size=(4, 3, 3, 3)).astype("float32")
+    out = np.zeros((4, 1, 2, 4), np.float32)
+    worker = threading.Thread(target=direct.conv, args=(src, 4, 6, w, (1, 1), out, None),
+                              daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "conv waited on its own look-up"
+    want = np.zeros_like(out)
+    for r in range(2):
+        for col in range(4):
+            window = np.stack([src[:, (r + i) * 6 + col:(r + i) * 6 + col + 3]
+                               for i in range(3)], axis=1)  # (C, 3, 3)
+            want[:, 0, r, col] = np.einsum("ocij,cij->o", w, window)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_kernels_where_they_are_not_usable_say_why(direct, monkeypatch):
+    monkeypatch.setattr(direct, "_STATE", {})
+    monkeypatch.setenv("BACKENDNN_DIRECT", "0")
+    with pytest.raises(RuntimeError, match="BACKENDNN_DIRECT=0"):
+        direct.conv(np.zeros((3, 64), np.float32), 4, 6, np.zeros((4, 3, 3, 3), np.float32),
+                    (1, 1), np.zeros((4, 1, 2, 4), np.float32), None)
