@@ -3,17 +3,24 @@
 The grid convolution (backends/numpy.py) sums kh·kw matrix products over shifted
 windows of one padded input. With 32 channels each product has K = 32: BLAS loads and
 stores its output tile for every one of them and packs the large operand each time,
-and reaches half the machine's rate. This kernel keeps a block of the output (OB
-output channels by WV vectors of 8 positions) in registers while it sums over every
-input channel and every kernel tap, and stores it once: the register-blocked direct
-convolution that oneDNN and XNNPACK use on CPUs.
+and reaches half the machine's rate. These kernels keep a block of results in
+registers while they sum over every input channel and kernel tap, and store it once:
+the register-blocked direct convolution that oneDNN and XNNPACK use on CPUs.
+- forward (and dL/dx, the same convolution of the padded dL/dy with the flipped
+  kernel): blocks of _OB output channels by _WV vectors of output positions, read
+  from the grid buffer of `_padded_grid` in place, the bias added in the registers,
+  written straight into the output's rows (no columns, no product buffer, no crop);
+- weight gradient: blocks of _OB_W output channels by _TAPS_W taps, summed over
+  chunks of _CHUNK_W positions of dL/dy on the input's grid, with the bias gradient.
 
-It is written in LLVM IR through llvmlite (which Numba is built on) because the block
-of accumulators must stay in registers, which neither NumPy nor Numba can express.
-One kernel is compiled per layer geometry (the taps' offsets are constants of the
-code), in tens of milliseconds, and kept for the process. It reads the grid buffer of
-`_padded_grid` in place, adds the bias into its accumulators and writes the output's
-rows directly: no columns, no product buffer, no crop.
+They are written in LLVM IR through llvmlite (which Numba is built on) because the
+block of accumulators must stay in registers, which neither NumPy nor Numba can
+express. One kernel is compiled per layer geometry (the taps' offsets are constants
+of the code), in about 0.1 s, kept for the process and its machine code cached on
+disk for the next. A layer is split over a pool of as many threads as NumPy's BLAS
+uses; the backend keeps small products on one BLAS thread (`_blas.serial`), because
+OpenBLAS's idle workers spin for about 0.1 s after a threaded call and take a core
+from these threads for that time.
 
 `usable(dtype)` is False where llvmlite is missing or cannot target this machine, for
 dtypes other than float32 and float64, or with BACKENDNN_DIRECT=0; the backend then
@@ -34,8 +41,10 @@ _WV = 2  # vectors of lanes per register block
 _OB_W, _TAPS_W = 3, 3  # weight gradient: output channels by taps per register block
 _CHUNK_W = 1024  # weight gradient: positions summed while they stay in cache
 _THREADED_MIN = 1 << 22  # multiply-adds below which a layer runs on the calling thread
-_PARTS = 4  # parts of a layer's rows per thread
-_STATE = {}  # "llvm": (binding, target machine) or False; "pool"; kernels by key
+_PARTS = 4  # parts of a layer's rows (or positions) per thread
+# "llvm": (binding, target machine maker) or False, with "why"; "checking" during the
+# look-up; "threads"; "pool": (pid, executor); compiled kernels by (kind, key)
+_STATE = {}
 _LOCK = threading.RLock()  # compiling; _agrees compiles inside _llvm's hold
 
 

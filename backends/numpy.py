@@ -191,20 +191,6 @@ class NumpyBackend(Backend):
         [0, n_classes), negative ones included."""
         return _numba_cross_entropy(logits, labels) is not None
 
-    # --- convolution and pooling -----------------------------------------------------
-    # Stride 1 with one group (most layers) takes the grid path, `conv2d_grid` below:
-    # BLAS products on shifted windows of the flat padded input (or columns made from
-    # them in chunks), and dL/dx is a convolution with the flipped kernel (no col2im).
-    # Other shapes, and layers with few input channels (`few_channels`), take the
-    # columns path. One layout inside: channels first, then the batch, (C, N, H, W);
-    # the result is returned as an NCHW view of it (ReLU and pooling keep that layout,
-    # so the next layer's copy into its padded grid reads contiguous rows). The columns
-    # path keeps its padded input and one (C·kh·kw, N·Ho·Wo) column buffer in the
-    # layer's workspace (few channels: the columns are built again in backward), with
-    # a row of ones under it for the bias; forward is one BLAS product [W | b] @
-    # columns; backward is [grad_w | grad_b] = grad @ columns.T, then the input's
-    # columns W.T @ grad, written into the same buffer, and col2im adds its kh·kw
-    # slices.
     def matmul(self, a, b):
         """a @ b; a small product on one BLAS thread (`_blas.serial`)."""
         if a.ndim == 2 and b.ndim == 2 and (_blas.SERIAL_MACS_MIN
@@ -213,9 +199,25 @@ class NumpyBackend(Backend):
             return _blas.serial(np.matmul, a, b)
         return a @ b
 
+    # --- convolution and pooling -----------------------------------------------------
+    # Stride 1 with one group (most layers) takes the grid path, `conv2d_grid` below:
+    # the compiled direct kernels on the flat padded input (`_direct`), else BLAS
+    # products on shifted windows of it (or columns made from them in chunks), and
+    # dL/dx is a convolution with the flipped kernel (no col2im). Other shapes, and
+    # (without the direct kernels) layers with few input channels (`few_channels`),
+    # take the columns path. One layout inside: channels first, then the batch,
+    # (C, N, H, W); the result is returned as an NCHW view of it (ReLU and pooling keep
+    # that layout, so the next layer's copy into its padded grid reads contiguous
+    # rows). The columns
+    # path keeps its padded input and one (C·kh·kw, N·Ho·Wo) column buffer in the
+    # layer's workspace (few channels: the columns are built again in backward), with
+    # a row of ones under it for the bias; forward is one BLAS product [W | b] @
+    # columns; backward is [grad_w | grad_b] = grad @ columns.T, then the input's
+    # columns W.T @ grad, written into the same buffer, and col2im adds its kh·kw
+    # slices.
     def conv2d(self, x, weights, bias, stride, padding, dilation, groups, workspace=None):
-        """BLAS products on the padded input's windows or columns (see the comment
-        above); float only."""
+        """The direct kernels, or BLAS products on the padded input's windows or
+        columns (see the comment above); float only."""
         if x.dtype.kind != "f" or x.dtype != weights.dtype:
             return super().conv2d(x, weights, bias, stride, padding, dilation, groups)
         if grid_fits(x.shape, weights.shape, stride, padding, dilation, groups):
@@ -701,8 +703,9 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
     xbuf, hs, ws = _padded_grid(s.x.transpose(1, 0, 2, 3), s.padding, span, "xgrid")
     gy = grad.transpose(1, 0, 2, 3)  # (O, N, Ho, Wo): a view when grad is our layout
     # dL/dweights: dL/dy on the input's grid (zero past each image's Ho rows and Wo
-    # columns) times the input's shifted windows: kh products (one per kernel row)
-    # summed over chunks of images, or one product with columns made chunk by chunk
+    # columns) times the input's shifted windows: the direct kernel, or kh products
+    # (one per kernel row) summed over chunks of images, or one product with columns
+    # made chunk by chunk
     wide = min(o, c) >= _IMPLICIT_MIN_C
     direct = _direct.usable(dt)
     gemm = _blas.gemm(dt) if wide and not direct else None
@@ -756,10 +759,8 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
             m = min(nb, n - n0)
             cc = _grid_columns(xbuf, n0, m, hs, ws, s.kernel, s.dilation, ho, cols)
             gw += np.matmul(gyw2[:, n0 * ho * ws:(n0 + m) * ho * ws], cc.T, out=part)
-    if s.has_bias and not direct:
-        gb = _blas.serial(np.matmul, gyw2, _ones(gyw2.shape[1], dt))
-    elif not direct:
-        gb = None
+    if not direct:  # the direct kernel summed the bias gradient with the weights'
+        gb = _blas.serial(np.matmul, gyw2, _ones(gyw2.shape[1], dt)) if s.has_bias else None
     gw = np.ascontiguousarray(gw).reshape(s.weights.shape)
     if not input_grad:
         return None, gw, gb
