@@ -392,7 +392,7 @@ def _compile(kind, key):
     path = _cache_path(text, tm)
     try:
         with open(path, "rb") as f:
-            cached = f.read()
+            cached = f.read() or None
     except OSError:
         cached = None
     mod = llvm.parse_assembly(text)
