@@ -369,14 +369,19 @@ def _weight_grad_ir(name, letter, groups, ob, chunk, orem, has_bias):
 def _cache_path(text, tm):
     """Where the machine code of the IR `text` is kept between processes: a file named
     by a hash of the IR, the CPU and llvmlite's version, in BACKENDNN_CACHE_DIR or
-    the user's cache folder (~/.cache/backendnn)."""
+    the user's cache folder (~/.cache/backendnn); None without a home folder."""
     import hashlib
 
     import llvmlite
     llvm = (_STATE.get("llvm") or _STATE["checking"])[0]
-    root = os.environ.get("BACKENDNN_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
-        "backendnn")
+    root = os.environ.get("BACKENDNN_CACHE_DIR")
+    if not root:
+        home = os.path.expanduser("~")
+        cache = os.environ.get("XDG_CACHE_HOME") or (
+            os.path.join(home, ".cache") if os.path.isabs(home) else None)
+        if cache is None:
+            return None
+        root = os.path.join(cache, "backendnn")
     ident = "\n".join((llvmlite.__version__, llvm.get_host_cpu_name(),
                        llvm.get_host_cpu_features().flatten(), str(tm.triple), text))
     return os.path.join(root, "direct-" + hashlib.sha256(ident.encode()).hexdigest() + ".o")
@@ -393,7 +398,7 @@ def _compile(kind, key):
     try:
         with open(path, "rb") as f:
             cached = f.read() or None
-    except OSError:
+    except (OSError, TypeError):  # none kept yet, or no folder to keep it in
         cached = None
     mod = llvm.parse_assembly(text)
     mod.verify()
@@ -402,6 +407,8 @@ def _compile(kind, key):
         pb.getModulePassManager().run(mod, pb)
 
     def keep(_module, code):
+        if path is None:
+            return
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.{os.getpid()}.tmp"

@@ -222,3 +222,17 @@ def test_kernels_where_they_are_not_usable_say_why(direct, monkeypatch):
     with pytest.raises(RuntimeError, match="BACKENDNN_DIRECT=0"):
         direct.conv(np.zeros((3, 64), np.float32), 4, 6, np.zeros((4, 3, 3, 3), np.float32),
                     (1, 1), np.zeros((4, 1, 2, 4), np.float32), None)
+
+
+def test_without_a_home_folder_nothing_is_cached(direct, rng, monkeypatch, tmp_path):
+    """No HOME, no XDG_CACHE_HOME, no BACKENDNN_CACHE_DIR: kernels compile and run, and
+    no folder appears where the process runs (not a literal "~")."""
+    for var in ("HOME", "XDG_CACHE_HOME", "BACKENDNN_CACHE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(os.path, "expanduser", lambda p: p)  # what Python gives then
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(direct, "_STATE", {"llvm": direct._STATE["llvm"]})
+    x, w, b = _case(rng, c=7, o=5, hw=6)
+    y = _conv_step(x, w, b)[0]
+    assert y.shape == (2, 5, 6, 6) and np.isfinite(y).all()
+    assert list(tmp_path.iterdir()) == []
