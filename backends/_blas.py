@@ -32,26 +32,27 @@ _CONTROL = []  # [(get, set) of OpenBLAS's thread count, or None] once looked up
 SERIAL_MACS_MIN, SERIAL_MACS = 1 << 18, 1 << 24  # products that `serial` serves
 
 
+def _openblas_libs():
+    """The OpenBLAS libraries loaded in this process (NumPy's own first), opened with
+    ctypes; none where threadpoolctl is missing or cannot look."""
+    try:
+        from threadpoolctl import threadpool_info
+        found = threadpool_info()
+    except Exception:  # noqa: BLE001 (ImportError, or an introspection failure)
+        return
+    for info in sorted((i for i in found if i.get("internal_api") == "openblas"),
+                       key=lambda i: "numpy" not in i.get("filepath", "")):
+        try:
+            yield ctypes.CDLL(info["filepath"])
+        except OSError:
+            continue
+
+
 def _lookup() -> dict:
     if os.environ.get("BACKENDNN_BLAS", "1") == "0":
         return {}
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return {}
-    try:
-        found = threadpool_info()
-    except Exception:  # noqa: BLE001 (an introspection failure means: use columns)
-        return {}
-    # NumPy's own library first, then any other OpenBLAS already loaded
-    libs = sorted((i for i in found if i.get("internal_api") == "openblas"),
-                  key=lambda i: "numpy" not in i.get("filepath", ""))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    for info in libs:
-        try:
-            lib = ctypes.CDLL(info["filepath"])
-        except OSError:
-            continue
+    for lib in _openblas_libs():
         for pattern in _SYMBOLS:
             funcs = {}
             for dtype, letter, scalar in ((np.float32, "s", ctypes.c_float),
@@ -123,27 +124,20 @@ def gemm(dtype):
 def _thread_funcs():
     """(get, set) of the thread count of NumPy's OpenBLAS, or None."""
     if not _CONTROL:
-        found = None
-        try:
-            from threadpoolctl import threadpool_info
-            libs = sorted((i for i in threadpool_info() if i.get("internal_api") == "openblas"),
-                          key=lambda i: "numpy" not in i.get("filepath", ""))
-            for info in libs:
-                lib = ctypes.CDLL(info["filepath"])
-                for prefix, suffix in (("scipy_", "64_"), ("", "64_"), ("", "")):
-                    get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
-                    put = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
-                    if get is not None and put is not None:
-                        get.restype, get.argtypes = ctypes.c_int, []
-                        put.restype, put.argtypes = None, [ctypes.c_int]
-                        found = (get, put)
-                        break
-                if found:
-                    break
-        except Exception:  # noqa: BLE001 (no control: products keep their threads)
-            found = None
-        _CONTROL.append(found)
+        _CONTROL.append(next(filter(None, map(_thread_symbols, _openblas_libs())), None))
     return _CONTROL[0]
+
+
+def _thread_symbols(lib):
+    """(get, set) of `lib`'s thread count under the names OpenBLAS builds use, or None."""
+    for prefix, suffix in (("scipy_", "64_"), ("", "64_"), ("", "")):
+        get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
+        put = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
+        if get is not None and put is not None:
+            get.restype, get.argtypes = ctypes.c_int, []
+            put.restype, put.argtypes = None, [ctypes.c_int]
+            return get, put
+    return None
 
 
 def threads() -> int:

@@ -448,6 +448,13 @@ def _threads() -> int:
     return n
 
 
+def _threads_for(macs, items) -> int:
+    """Threads for a layer of `macs` multiply-adds over `items` units to split (rows,
+    chunks): one below _THREADED_MIN, where a hand-off to a pool thread (75-90 µs
+    here) costs more than it saves."""
+    return 1 if macs < _THREADED_MIN else max(1, min(_threads(), items))
+
+
 def _pool(workers):
     """The process's pool of worker threads for the kernels (a new one in a child made
     by fork, which does not inherit the parent's threads)."""
@@ -517,9 +524,7 @@ def conv(src, hs, ws, weights, dilation, out, bias):
     geo = (ho, hs * ws, ws, src.strides[0] // item, c, nob,
            out.strides[0] // item, out.strides[1] // item, out.strides[2] // item)
     rows = n * ho
-    nt = min(_threads(), rows)
-    if rows * wo * o * c * len(taps) < _THREADED_MIN:
-        nt = 1
+    nt = _threads_for(rows * wo * o * c * len(taps), rows)
     parts = min(rows, _PARTS * nt) if nt > 1 else 1
     bounds = [rows * k // parts for k in range(parts + 1)]
     _run(lambda i, _: fn(*args, bounds[i], bounds[i + 1], *geo), parts, nt)
@@ -546,18 +551,17 @@ def weight_grad(gy, src, run, kernel, dilation, ws, bias=False):
     groups = tuple(r[k:k + _TAPS_W] for r in rows for k in range(0, kw, _TAPS_W))
     nob, orem = divmod(o, _OB_W)
     fn = _kernel("weights", (dt.char, groups, _OB_W, _CHUNK_W, orem, bool(bias)))
-    nt = min(_threads(), max(1, run // _CHUNK_W))
-    if run * o * c * kh * kw < _THREADED_MIN:
-        nt = 1
+    nt = _threads_for(run * o * c * kh * kw, run // _CHUNK_W)
     parts = _PARTS * nt if nt > 1 else 1
     size = o * c * kh * kw * lanes
     outs = np.zeros((nt, size + o * lanes), dt)  # per thread: weight sums, bias sums
+    slots = [(outs[k].ctypes.data, outs[k, size:].ctypes.data) for k in range(nt)]
+    operands = (gy.ctypes.data, src.ctypes.data)
     geo = (gy.strides[0] // item, src.strides[0] // item, c, nob)
     bounds = [run * k // parts // lanes * lanes for k in range(parts)] + [run]
 
     def work(i, slot):
-        fn(gy.ctypes.data, src.ctypes.data, outs[slot].ctypes.data,
-           outs[slot, size:].ctypes.data, bounds[i], bounds[i + 1], *geo)
+        fn(*operands, *slots[slot], bounds[i], bounds[i + 1], *geo)
 
     _run(work, parts, nt)
     total = outs.sum(axis=0)

@@ -208,13 +208,12 @@ class NumpyBackend(Backend):
     # take the columns path. One layout inside: channels first, then the batch,
     # (C, N, H, W); the result is returned as an NCHW view of it (ReLU and pooling keep
     # that layout, so the next layer's copy into its padded grid reads contiguous
-    # rows). The columns
-    # path keeps its padded input and one (C·kh·kw, N·Ho·Wo) column buffer in the
-    # layer's workspace (few channels: the columns are built again in backward), with
-    # a row of ones under it for the bias; forward is one BLAS product [W | b] @
-    # columns; backward is [grad_w | grad_b] = grad @ columns.T, then the input's
-    # columns W.T @ grad, written into the same buffer, and col2im adds its kh·kw
-    # slices.
+    # rows). The columns path keeps its padded input and one (C·kh·kw, N·Ho·Wo) column
+    # buffer in the layer's workspace (few channels: the columns are built again in
+    # backward), with a row of ones under it for the bias; forward is one BLAS product
+    # [W | b] @ columns; backward is [grad_w | grad_b] = grad @ columns.T, then the
+    # input's columns W.T @ grad, written into the same buffer, and col2im adds its
+    # kh·kw slices.
     def conv2d(self, x, weights, bias, stride, padding, dilation, groups, workspace=None):
         """The direct kernels, or BLAS products on the padded input's windows or
         columns (see the comment above); float only."""
@@ -760,7 +759,7 @@ def backprop_conv2d_grid(grad, s, input_grad=True):
             cc = _grid_columns(xbuf, n0, m, hs, ws, s.kernel, s.dilation, ho, cols)
             gw += np.matmul(gyw2[:, n0 * ho * ws:(n0 + m) * ho * ws], cc.T, out=part)
     if not direct:  # the direct kernel summed the bias gradient with the weights'
-        gb = _blas.serial(np.matmul, gyw2, _ones(gyw2.shape[1], dt)) if s.has_bias else None
+        gb = gyw2 @ _ones(gyw2.shape[1], dt) if s.has_bias else None
     gw = np.ascontiguousarray(gw).reshape(s.weights.shape)
     if not input_grad:
         return None, gw, gb
