@@ -195,6 +195,7 @@ def _make_floor(sizes, x, y):
     GPU's time for the products, not Python's time to launch them."""
     import cupy
 
+    sys.path.insert(0, ROOT)  # this checkout's backendnn, as the backendnn contender's
     from backendnn import backends
 
     be = backends.get("cupy")
@@ -436,6 +437,7 @@ def main(argv=None) -> None:
     if args.worker:
         _worker(args.worker, args.case)
         return
+    sys.path.insert(0, ROOT)  # the tables render with this checkout's backendnn
 
     cases = [c for c in args.cases.split(",") if c]
     if args.contenders:

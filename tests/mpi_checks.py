@@ -30,7 +30,7 @@ from backendnn.model import Sequential  # noqa: E402
 from backendnn.optim import SGD, Adam  # noqa: E402
 from backendnn.train import Trainer  # noqa: E402
 
-comm = distributed.init()
+comm = distributed.init(os.environ.get("MPI_CHECKS_ENGINE", "auto"))
 RANK, SIZE = comm.rank, comm.size
 
 

@@ -401,9 +401,15 @@ def test_cupy_replays_restore_what_the_capture_bound():
     be = backends.get("cupy")
     _, _, trainer = run(be, capture=True, epochs=1)  # ends with the partial batch
     step = trainer._captured
+    arrays = [(obj, name, value) for obj, attributes in step.bindings
+              for name, value in attributes.items() if isinstance(value, be.module.ndarray)]
+    assert arrays, "the captured step left no array on its layers or loss"
+    rebound = [name for obj, name, value in arrays if vars(obj).get(name) is not value]
+    assert rebound, "the partial batch's uncaptured step rebound nothing: nothing checked"
     X, y = data()
     x, yb = be.asarray(X[:8], dtype="float32"), be.asarray(y[:8])
     with trainer._labels_known(trainer.train_dl):
         step(x, yb)
-    assert trainer.model.layers[0].x is step.buffers[0]
+    for obj, name, value in arrays:
+        assert vars(obj).get(name) is value, f"{obj!r}.{name} is not the replay's array"
     np.testing.assert_array_equal(be.to_numpy(step.buffers[0]), X[:8].astype(np.float32))

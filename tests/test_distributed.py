@@ -1,10 +1,12 @@
 """Data-parallel training (backendnn.distributed): equal to one process on 2 and 3 ranks.
 
 The MPI tests launch `mpiexec -n N python tests/mpi_checks.py ...` (the mpiexec beside
-sys.executable, from the `mpich` wheel of `backendnn[mpi]`); one launch makes many
-checks. NCCL tests need CuPy and a CUDA device and skip with the reason elsewhere.
+sys.executable, from the `mpich` wheel of `backendnn[mpi]`, else the one on PATH); one
+launch makes many checks. The CuPy and NCCL tests need a CUDA device and skip with the
+reason elsewhere.
 """
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 
 import backendnn
-from backendnn import distributed
+from backendnn import backends, distributed
 from backendnn.data import DataLoader, Dataset
 
 from conftest import cuda
@@ -23,11 +25,13 @@ from conftest import cuda
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "mpi_checks.py"
 MPIEXEC = Path(sys.executable).with_name("mpiexec")
+if not MPIEXEC.exists() and shutil.which("mpiexec"):
+    MPIEXEC = Path(shutil.which("mpiexec"))
 
 
 def _mpi_reason():
     if not MPIEXEC.exists():
-        return f"no mpiexec beside {sys.executable}: pip install 'backendnn[mpi]'"
+        return f"no mpiexec beside {sys.executable} or on PATH: pip install 'backendnn[mpi]'"
     try:
         import mpi4py  # noqa: F401
     except ImportError:
@@ -35,10 +39,11 @@ def _mpi_reason():
     return None
 
 
-def launch(n, *args, timeout=60, script=SCRIPT):
+def launch(n, *args, timeout=60, script=SCRIPT, backend="numpy", engine="auto"):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "PMIX_"))}
-    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(HERE.parent),
-               BACKENDNN_BACKEND="numpy")
+    path = os.pathsep.join(p for p in (str(HERE.parent), env.get("PYTHONPATH")) if p)
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", PYTHONPATH=path,
+               BACKENDNN_BACKEND=backend, MPI_CHECKS_ENGINE=engine)
     cmd = [str(MPIEXEC), "-n", str(n), sys.executable, *map(str, [*([script] if script else []), *args])]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
@@ -205,16 +210,55 @@ def test_sharded_loader_parts_make_the_global_batches():
         next(dl.batches("numpy", shard=(0, 8)))
 
 
-@pytest.mark.parametrize("engine", ["nccl"])
+def _gpus() -> int:
+    return backends.get("cupy").module.cuda.runtime.getDeviceCount()
+
+
+_NCCL_CHECK = """
+import numpy as np
+from backendnn import distributed, backends
+c = distributed.init("nccl")
+assert c.engine == "nccl", c.engine
+xp, n, r = backends.get("cupy").module, c.size, c.rank
+for dtype in ("float32", "float64", "int64"):
+    x = xp.full((5,), r + 1, dtype=dtype)
+    assert (xp.asnumpy(c.allreduce(x)) == n * (n + 1) // 2).all(), dtype
+    assert (xp.asnumpy(c.broadcast(x, root=n - 1)) == n).all(), dtype
+    assert xp.asnumpy(c.allgather(x))[:, 0].tolist() == list(range(1, n + 1)), dtype
+print("NCCL ok", r, flush=True)
+"""
+
+
+@pytest.mark.mpi
 @cuda
-def test_nccl_engine_needs_a_launcher_and_gpus(engine):
-    """NCCL: only checked where CuPy runs; its collectives need ≥ 2 ranks on GPUs,
-    which the MPI launches above cover when BACKENDNN_BACKEND=cupy (not run here)."""
-    pytest.importorskip("mpi4py")
-    out = subprocess.run(
-        [str(MPIEXEC), "-n", "2", sys.executable, "-c",
-         "from backendnn import distributed; import backendnn.backends as b; "
-         "c = distributed.init('nccl'); x = b.get('cupy').xp.ones(3); "
-         "print('SUM', float(c.allreduce(x)[0]))"],
-        capture_output=True, text=True, timeout=120, cwd=HERE.parent)
-    assert out.returncode == 0 and out.stdout.count("SUM 2.0") == 2, out.stdout + out.stderr
+@pytest.mark.skipif(_mpi_reason() is not None, reason=str(_mpi_reason()))
+def test_nccl_collectives_with_a_rank_per_gpu():
+    """allreduce, broadcast and allgather through NCCL on one rank per GPU (up to 3)."""
+    n = min(_gpus(), 3)
+    out, _ = launch(n, "-c", _NCCL_CHECK, script=None, backend="cupy", timeout=120)
+    assert out.returncode == 0 and out.stdout.count("NCCL ok") == n, out.stdout + out.stderr
+
+
+@pytest.mark.mpi
+@cuda
+@pytest.mark.skipif(_mpi_reason() is not None, reason=str(_mpi_reason()))
+def test_nccl_refuses_ranks_that_share_a_gpu():
+    """More ranks than GPUs on a machine: engine="nccl" stops on every rank and says why."""
+    if _gpus() > 2:
+        pytest.skip(f"{_gpus()} GPUs here: sharing one would take more than 3 ranks")
+    n = _gpus() + 1
+    out, _ = launch(n, "-c", "from backendnn import distributed; distributed.init('nccl')",
+                    script=None, backend="cupy", timeout=120)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0, text
+    assert f"NCCL needs a GPU of its own for each rank, and {n} ranks share" in text, text
+
+
+@pytest.mark.mpi
+@cuda
+@pytest.mark.skipif(_mpi_reason() is not None, reason=str(_mpi_reason()))
+def test_two_ranks_on_cupy_equal_one_process(tmp_path):
+    """Every equality check on CuPy arrays: through NCCL where each rank has a GPU of its
+    own, else through MPI with the arrays staged in host memory ("auto")."""
+    out, _ = launch(2, "checks", tmp_path, backend="cupy", timeout=300)
+    assert_checks(out, 2)

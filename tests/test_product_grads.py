@@ -40,6 +40,15 @@ def _spy(monkeypatch, backend):
     return made
 
 
+@pytest.fixture(autouse=True)
+def _small_products_too(monkeypatch):
+    """Backends that add products only into large parameters (CuPy) add them into
+    these small ones too, so that the path is tested."""
+    from backendnn.backends.cupy import CupyBackend
+
+    monkeypatch.setattr(CupyBackend, "add_product_min", 0)
+
+
 def _fuses(backend, dtype="float32"):
     return backend.can_add_product((N_IN, N_HID), backend.dtype(dtype))
 
@@ -204,6 +213,32 @@ def test_add_product_refuses_what_it_cannot_add_in_place(numpy_fuses):
     np.testing.assert_array_equal(p, before)
     assert numpy_fuses.add_product(p, a, b, np.float32(-0.5)) is True  # a NumPy scalar lr
     np.testing.assert_allclose(p, before - 0.5 * (a @ b), rtol=1e-5, atol=1e-6)
+
+
+def test_add_product_adds_in_place_or_refuses(backend):
+    """On every backend that adds products: p += alpha * a @ b in place; mixed dtypes,
+    a parameter that is not C-contiguous, or one that overlaps an operand: False, and
+    the parameter unchanged."""
+    if not _fuses(backend):
+        pytest.skip(f"backend {backend.name!r} does not add products into parameters")
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(6, 4)).astype(np.float32), rng.normal(size=(4, 5)).astype(np.float32)
+    p = rng.normal(size=(6, 5)).astype(np.float32)
+    want = p - 0.5 * (a.astype(np.float64) @ b)
+    square = backend.asarray(rng.normal(size=(6, 6)).astype(np.float32))
+    P, A, B = backend.asarray(p.copy()), backend.asarray(a), backend.asarray(b)
+    for args in [(P, backend.asarray(a.astype(np.float64)), B),
+                 (backend.asarray(p.astype(np.float64)), A, B),
+                 (backend.asarray(np.ascontiguousarray(p.T)).T, A, B),
+                 (square, square, backend.asarray(np.eye(6, dtype=np.float32)))]:
+        assert backend.add_product(*args, -0.5) is False
+    np.testing.assert_array_equal(host(backend, P), p)
+    assert backend.add_product(P, A, B, -0.5) is True
+    np.testing.assert_allclose(host(backend, P), want, rtol=1e-5, atol=1e-5)
+    # an operand that is a transposed view, as Linear's x.T
+    Q, A_t = backend.asarray(p.copy()), backend.asarray(np.ascontiguousarray(a.T)).T
+    assert backend.add_product(Q, A_t, B, -0.5) is True
+    np.testing.assert_allclose(host(backend, Q), host(backend, P), rtol=1e-6, atol=1e-6)
 
 
 def test_the_step_writes_no_weight_gradient(numpy_fuses):

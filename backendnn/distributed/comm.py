@@ -2,12 +2,13 @@
 NCCL (CuPy), and a size-1 one for a process no MPI launcher started.
 
 mpi4py is imported here, lazily, and only when an MPI launcher started the process
-(or `engine="mpi"`/"nccl" asks for it); CuPy only for CuPy arrays. The NCCL paths
-are written against `cupy.cuda.nccl` but not run here (no GPU): see
-docs/distributed.md, "What is not verified".
+(or `engine="mpi"`/"nccl" asks for it); CuPy only for CuPy arrays. NCCL's collectives
+have run on one GPU; its gradient buckets need two (docs/distributed.md, "What is
+verified on a GPU").
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
@@ -145,7 +146,7 @@ class MPICommunicator(Communicator):
         """Make the NCCL communicator now (engine="nccl"); raise where it cannot run."""
         try:
             self._nccl = NCCLEngine(self)
-        except (ImportError, AttributeError, backends.BackendError) as e:
+        except NCCLUnavailable as e:
             msg = f"distributed.init(engine='nccl'): NCCL cannot run here: {e}"
             raise RuntimeError(msg) from None
         self.engine = "nccl"
@@ -159,7 +160,7 @@ class MPICommunicator(Communicator):
             try:  # every rank reaches its first CuPy collective at the same point
                 self._nccl = NCCLEngine(self)
                 self.engine = "nccl"
-            except (ImportError, AttributeError, backends.BackendError):
+            except NCCLUnavailable:
                 self._nccl_mode = "off"
                 return None
         return self._nccl
@@ -281,21 +282,41 @@ class MPIBuckets:
         return self.backend.asarray(buf[a:b].reshape(shape))
 
 
+class NCCLUnavailable(RuntimeError):
+    """NCCL cannot run on every rank of this job (raised on all of them together)."""
+
+
 class NCCLEngine:
     """NCCL (cupy.cuda.nccl) collectives on CuPy arrays, the unique id broadcast over
     MPI. Reductions of gradient buckets run on a stream of their own, ordered after
     the compute stream by events, so they overlap the rest of backward; the compute
     stream waits for them in `wait`. Other collectives run on the current stream.
 
-    Not run here (no CUDA device): written carefully against CuPy's API, unverified.
+    Every rank needs a GPU of its own: where ranks would share one, or a rank lacks
+    CuPy or NCCL, every rank raises `NCCLUnavailable` together.
     """
 
     def __init__(self, comm: MPICommunicator):
-        cupy = backends.get("cupy").module  # the backend owns the import
-        nccl = cupy.cuda.nccl  # AttributeError/ImportError where CuPy lacks NCCL
-        if not getattr(nccl, "available", True):
-            msg = "CuPy was built without NCCL"
-            raise ImportError(msg)
+        cupy = nccl = None
+        try:
+            cupy = backends.get("cupy").module  # the backend owns the import
+            nccl = importlib.import_module("cupy.cuda.nccl")  # a submodule: not an attribute
+            gpus = cupy.cuda.runtime.getDeviceCount()
+            if not getattr(nccl, "available", True):
+                reason = "CuPy was built without NCCL"
+            elif comm.local_size > gpus:
+                reason = (f"NCCL needs a GPU of its own for each rank, and {comm.local_size} "
+                          f"ranks share {gpus} GPU(s) on one machine: launch at most {gpus} "
+                          "ranks per machine, or use engine='mpi'")
+            else:
+                reason = ""
+        except (ImportError, AttributeError, backends.BackendError) as e:
+            reason = f"{type(e).__name__}: {e}"
+        # one decision for every rank: none may go on to NCCL's set-up while another stops
+        refused = [(rank, why) for rank, why in enumerate(comm.comm.allgather(reason)) if why]
+        if refused:
+            rank, why = refused[0]
+            raise NCCLUnavailable(f"rank {rank}: {why}")
 
         self.cupy, self.nccl, self.mpi = cupy, nccl, comm
         uid = nccl.get_unique_id() if comm.rank == 0 else None
