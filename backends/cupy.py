@@ -103,6 +103,13 @@ class CupyBackend(Backend):
     def synchronize(self):
         self._cupy.cuda.get_current_stream().synchronize()
 
+    def nccl(self):
+        """CuPy's NCCL bindings (`cupy.cuda.nccl`, a submodule that `import cupy` does
+        not load), for backendnn.distributed; ImportError where CuPy lacks them."""
+        from cupy.cuda import nccl
+
+        return nccl
+
     # --- kernels: one CuPy kernel where the portable spelling launches several -------
     # tests/test_fastpaths.py checks them on a GPU (cuda marker); their sources are
     # checked on the CPU for their parameters (tests/test_registry.py).

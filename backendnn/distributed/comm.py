@@ -8,7 +8,6 @@ verified on a GPU").
 """
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import time
@@ -299,8 +298,8 @@ class NCCLEngine:
     def __init__(self, comm: MPICommunicator):
         cupy = nccl = None
         try:
-            cupy = backends.get("cupy").module  # the backend owns the import
-            nccl = importlib.import_module("cupy.cuda.nccl")  # a submodule: not an attribute
+            backend = backends.get("cupy")  # the backend owns the imports
+            cupy, nccl = backend.module, backend.nccl()
             gpus = cupy.cuda.runtime.getDeviceCount()
             if not getattr(nccl, "available", True):
                 reason = "CuPy was built without NCCL"
