@@ -51,13 +51,24 @@ class Sequential:
     def forward(self, x):
         """Pass a mini-batch through every layer, returning the last layer's output."""
         x = self._input(x)
+        layers = self.layers
         owned = False  # the caller's input is never written
-        for i, layer in enumerate(self.layers):
+        after = None  # a layer whose bias the next one adds (Linear before ReLU)
+        for i, layer in enumerate(layers):
             try:
-                x = layer._forward_owned(x) if owned else layer.forward(x)
+                if after is not None:
+                    x = layer._forward_with_bias(x, after.bias)
+                elif (layer._bias_to_next and i + 1 < len(layers)
+                        and layers[i + 1]._takes_bias):
+                    x = layer._forward_product(x)
+                    after = layer
+                    continue
+                else:
+                    x = layer._forward_owned(x) if owned else layer.forward(x)
             except ShapeError as e:
                 msg = f"layer {i} ({type(layer).__name__}): {e}"
                 raise ShapeError(msg) from None
+            after = None
             owned = layer._fresh_output
         return x
 

@@ -360,6 +360,14 @@ class Backend:
         """`backprop_relu(grad, y)`, possibly written into grad."""
         return self.backprop_relu(grad, y)
 
+    def bias_relu_(self, y, bias):
+        """`relu(y + bias)`, possibly written into y (a Linear layer's fresh product
+        and its bias, for the ReLU after it).  Shapes: y (batch, n), bias (n,)."""
+        if self.inplace:
+            y += bias
+            return self.relu_(y)
+        return self.relu(y + bias)
+
     def batch_sum(self, g):
         """Sum over the batch axis (a bias gradient).  Shape: (batch, n) -> (n,)."""
         return self.xp.sum(g, axis=0)

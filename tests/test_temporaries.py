@@ -156,6 +156,32 @@ def test_training_is_unchanged_by_in_place_relu(rng):
         np.testing.assert_array_equal(p.value, q.value)
 
 
+def test_linear_hands_its_bias_to_the_relu_after_it(monkeypatch, rng):
+    """Inside a Sequential, each Linear followed by a ReLU leaves its bias to that
+    ReLU's one pass (`bias_relu_`); a Linear subclass that overrides forward runs its
+    own forward; the output equals the layers run one by one."""
+    from backendnn.backends import get
+
+    class Mine(Linear):
+        def forward(self, x):
+            return super().forward(x)
+
+    be = get("numpy")
+    calls = []
+    original = be.bias_relu_
+    monkeypatch.setattr(be, "bias_relu_", lambda y, b: calls.append(b.shape) or original(y, b))
+    model = Sequential([Linear(5, 6), ReLU(), Mine(6, 4), ReLU(), Linear(4, 3), ReLU()],
+                       CrossEntropy())
+    x = rng.normal(0, 1, (8, 5)).astype(np.float32)
+    out = model(x)
+    assert calls == [(6,), (3,)]
+    assert Linear._bias_to_next and not Mine._bias_to_next and ReLU._takes_bias
+    h = x
+    for layer in model.layers:
+        h = layer.forward(h)
+    np.testing.assert_array_equal(out, h)
+
+
 def test_a_subclass_that_overrides_forward_is_not_taken_as_fresh():
     class KeepsOutput(Linear):
         def forward(self, x):

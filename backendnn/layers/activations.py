@@ -17,8 +17,11 @@ class ReLU(Layer):
     `backprop_relu` (NumPy has a faster spelling than np.where). Inside a Sequential,
     after a layer that returns fresh arrays (Linear, Conv2d, ...), it writes into that
     layer's output and input gradient instead of new arrays (`relu_`,
-    `backprop_relu_`), as `torch.nn.ReLU(inplace=True)` would.
+    `backprop_relu_`), as `torch.nn.ReLU(inplace=True)` would; after a Linear it also
+    adds that layer's bias, in the same pass (`bias_relu_`).
     """
+
+    _takes_bias = True  # `_forward_with_bias`
 
     def forward(self, x):
         self.y = self.backend.relu(x)
@@ -26,6 +29,11 @@ class ReLU(Layer):
 
     def _forward_owned(self, x):
         self.y = self.backend.relu_(x)
+        return self.y
+
+    def _forward_with_bias(self, x, bias):
+        """forward(x + bias), where x is the previous layer's fresh product (owned)."""
+        self.y = self.backend.bias_relu_(x, bias)
         return self.y
 
     def backward(self, grad):

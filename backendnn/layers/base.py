@@ -145,8 +145,10 @@ class Layer:
     of `backward`'s result. Sequential then hands that array to the next layer's
     `_forward_owned` (the previous layer's `_backward_owned`), which may write its
     result into it: ReLU does, as PyTorch's `ReLU(inplace=True)`, saving an array and
-    a pass over memory. A subclass that overrides forward (backward) without saying
-    so again is taken not to return fresh arrays.
+    a pass over memory. Likewise a layer with `_bias_to_next` (Linear) leaves its bias
+    to a next layer with `_takes_bias` (ReLU), which adds it in its own pass. A
+    subclass that overrides forward (backward) without saying so again is taken not
+    to return fresh arrays, nor to hand its bias on.
     """
 
     param_names: tuple[str, ...] = ()
@@ -155,10 +157,13 @@ class Layer:
     grad_reduction: str | None = None  # "sum": written for the convention above
     _fresh_output = False
     _fresh_input_grad = False
+    _bias_to_next = False  # `_forward_product(x)`: forward without adding `bias`
+    _takes_bias = False  # `_forward_with_bias(x, bias)`: forward(x + bias), x owned
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        for method, flag in (("forward", "_fresh_output"), ("backward", "_fresh_input_grad")):
+        for method, flag in (("forward", "_fresh_output"), ("backward", "_fresh_input_grad"),
+                             ("forward", "_bias_to_next"), ("forward", "_takes_bias")):
             if method in cls.__dict__ and flag not in cls.__dict__:
                 setattr(cls, flag, False)
         reset = cls.__dict__.get("reset_parameters")

@@ -25,6 +25,8 @@ class Linear(Layer):
         NumPy backend, where the batch is at most n_out, grad_w is made when first
         read, and plain SGD adds it into the weights inside its product instead (see
         `ProductGrad`).
+    Inside a Sequential, a ReLU right after it adds the bias in its own pass over the
+    product (`Backend.bias_relu_`): one pass over the output instead of two.
 
     Example:
         >>> Linear(30, 1)(x).shape   # x (64, 30)
@@ -34,6 +36,7 @@ class Linear(Layer):
     param_names = ("weights", "bias")
     grad_names = ("grad_w", "grad_b")
     _fresh_output = _fresh_input_grad = True  # matmul results, not kept
+    _bias_to_next = True  # `_forward_product` leaves the bias to a ReLU after it
     grad_w = ProductGrad()
 
     def __init__(self, n_inp: int, n_out: int, *, init="default", backend=None,
@@ -64,17 +67,21 @@ class Linear(Layer):
                                   device=self.backend.device)
 
     def forward(self, x):
+        y = self._forward_product(x)
+        if self.backend.inplace:  # y is new: add the bias without a second array
+            y += self.bias
+            return y
+        return y + self.bias
+
+    def _forward_product(self, x):
+        """forward(x) without the bias: x @ weights, a new array."""
         if x.ndim != 2 or x.shape[1] != self.n_inp:
             msg = f"expected input (batch, {self.n_inp}), got shape {tuple(x.shape)}"
             raise ShapeError(msg)
         if self.__dict__.get("_products"):
             self._settle_products()
         self.x = x
-        y = self.backend.matmul(x, self.weights)
-        if self.backend.inplace:  # y is new: add the bias without a second array
-            y += self.bias
-            return y
-        return y + self.bias
+        return self.backend.matmul(x, self.weights)
 
     def _param_grads(self, grad):
         x = self._need(self.x)
