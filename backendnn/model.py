@@ -117,9 +117,18 @@ class Sequential:
         The loop of `backward` and of DataParallel's."""
         layers = self.layers
         owned = False  # the criterion keeps its gradient
+        bias_grad = None  # what a ReLU summed for the Linear before it
         for i in range(len(layers) - 1, -1, -1):
-            grad = layers[i]._backward_and_free(grad, i > 0 or input_grad, owned)
-            owned = layers[i]._fresh_input_grad
+            layer = layers[i]
+            if bias_grad is not None:
+                grad = layer._backward_with_bias_grad(grad, bias_grad, i > 0 or input_grad)
+                bias_grad = None
+            elif owned and i > 0 and layer._gives_bias_grad and layers[i - 1]._takes_bias_grad:
+                grad, bias_grad = layer._backward_owned_sum(grad)
+                layer._clear()
+            else:
+                grad = layer._backward_and_free(grad, i > 0 or input_grad, owned)
+            owned = layer._fresh_input_grad
             yield i, grad
 
     def predict(self, X, batch_size: int | None = None):

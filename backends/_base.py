@@ -372,6 +372,12 @@ class Backend:
         """Sum over the batch axis (a bias gradient).  Shape: (batch, n) -> (n,)."""
         return self.xp.sum(g, axis=0)
 
+    def backprop_relu_sum_(self, grad, y):
+        """(`backprop_relu_(grad, y)`, its `batch_sum`): a ReLU's input gradient and the
+        bias gradient of the Linear layer before it.  Shapes: (batch, n) -> that, (n,)."""
+        grad = self.backprop_relu_(grad, y)
+        return grad, self.batch_sum(grad)
+
     def sub_scaled(self, p, g, alpha: float):
         """p - alpha * g (an SGD update): written into p and p returned where the
         backend writes in place, else a new array.  Shapes: p and g alike."""

@@ -62,6 +62,32 @@ def _define(numba):
                 row[c] = zero if v < zero else v
 
     @jit
+    def col_sum(g, s):
+        """s (n,) = the sum of g's rows (rows, n), added in row order (as NumPy's sum
+        over axis 0), each column in its own lane."""
+        zero = s.dtype.type(0)
+        for c in range(s.size):
+            s[c] = zero
+        for r in range(g.shape[0]):
+            row = g[r]
+            for c in range(s.size):
+                s[c] += row[c]
+
+    @jit
+    def mask_relu_sum(grad, y, s):
+        """grad = 0 where not y > 0, in place, and s = the sum of its rows as col_sum
+        gives it (ReLU's backward and the bias gradient before it, in one pass)."""
+        zero = s.dtype.type(0)
+        for c in range(s.size):
+            s[c] = zero
+        for r in range(grad.shape[0]):
+            g, yr = grad[r], y[r]
+            for c in range(s.size):
+                v = g[c] if yr[c] > zero else zero
+                g[c] = v
+                s[c] += v
+
+    @jit
     def mask_relu(grad, y):
         """grad = 0 where not y > 0, in place (backprop_relu with out=grad would not
         vectorise: the compiler must assume that out overlaps its inputs)."""
@@ -255,7 +281,8 @@ def _define(numba):
 
     return types.SimpleNamespace(crop_add=crop_add, sgd=sgd, adam=adam, rmsprop=rmsprop,
                                  backprop_relu=backprop_relu, mask_relu=mask_relu,
-                                 bias_relu=bias_relu,
+                                 bias_relu=bias_relu, col_sum=col_sum,
+                                 mask_relu_sum=mask_relu_sum,
                                  softmax_cross_entropy=softmax_cross_entropy,
                                  max_pool2x2=max_pool2x2, max_pool2x2_nan=max_pool2x2_nan,
                                  max_unpool2x2=max_unpool2x2)

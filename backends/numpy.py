@@ -100,10 +100,28 @@ class NumpyBackend(Backend):
     # 20 us for 256 rows, 2 us on the transposed copy); BLAS sums rows and columns
     # 2-3x faster than np.sum. Fancy indexing replaces the one-hot products.
     def batch_sum(self, g):
-        """ones @ g: one BLAS call instead of np.sum's reduction loop."""
-        if g.ndim != 2 or g.dtype.kind != "f":
-            return super().batch_sum(g)
-        return _ones(g.shape[0], g.dtype) @ g
+        """Numba's col_sum on C rows: one pass, in NumPy's order of additions (the
+        portable kernel's bits), as fast as ones @ g in BLAS up to (256, 512)."""
+        k = _numba.kernels()
+        if (k is not None and g.ndim == 2 and g.dtype.kind == "f" and g.dtype.isnative
+                and g.flags.c_contiguous):
+            s = np.empty(g.shape[1], dtype=g.dtype)
+            k.col_sum(g, s)
+            return s
+        return super().batch_sum(g)
+
+    def backprop_relu_sum_(self, grad, y):
+        """One pass (Numba) that masks grad in place and sums its rows, the same bits as
+        backprop_relu_ then batch_sum: 31 against 59 us on (256, 512)."""
+        k = _numba.kernels()
+        if (k is None or grad.ndim != 2 or grad.dtype.kind != "f" or not grad.dtype.isnative
+                or y.dtype != grad.dtype or y.shape != grad.shape
+                or not (grad.flags.c_contiguous and grad.flags.writeable and y.flags.c_contiguous)
+                or np.may_share_memory(grad, y)):
+            return super().backprop_relu_sum_(grad, y)
+        s = np.empty(grad.shape[1], dtype=grad.dtype)
+        k.mask_relu_sum(grad, y, s)
+        return grad, s
 
     def sub_scaled(self, p, g, alpha):
         """In place, in chunks of _CHUNK elements: the temporary alpha * g stays at

@@ -110,6 +110,39 @@ def test_bias_relu_equals_relu_of_the_sum(backend, rng):
         assert out is y
 
 
+def test_backprop_relu_sum_equals_its_two_steps(backend, rng):
+    """backprop_relu_sum_ (a ReLU's backward and the bias gradient of the Linear layer
+    before it, in one pass where a backend can) equals backprop_relu then batch_sum,
+    bit for bit; NumPy and torch mask the gradient in place."""
+    g_np = rng.normal(0, 1, (9, 7)).astype(np.float32)
+    y_np = np.maximum(rng.normal(0, 1, (9, 7)), 0).astype(np.float32)
+    y = backend.asarray(y_np)
+    want = backend.backprop_relu(backend.asarray(g_np), y)
+    want_sum = host(backend, backend.batch_sum(want))
+    g = backend.asarray(g_np.copy())
+    got, got_sum = backend.backprop_relu_sum_(g, y)
+    np.testing.assert_array_equal(host(backend, got), host(backend, want))
+    np.testing.assert_array_equal(host(backend, got_sum), want_sum)
+    if backend.name in ("numpy", "torch"):
+        assert got is g
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_bias_grads_are_numpys_sums(numpy_kernels, rng, layout, dtype):
+    """NumPy's batch_sum and backprop_relu_sum_ on every layout: the same bits as
+    np.sum over the batch axis (the portable kernel)."""
+    be = get("numpy")
+    a = rng.normal(0, 2, (37, 24)).astype(dtype)
+    g = {"C": a, "F": np.asfortranarray(a), "strided": a[:, ::2]}[layout]
+    y = np.maximum(rng.normal(0, 1, g.shape), 0).astype(dtype)
+    np.testing.assert_array_equal(be.batch_sum(g), np.sum(g, axis=0))
+    masked = _portable("backprop_relu")(g, y)
+    got, s = be.backprop_relu_sum_(g.copy(order="K"), y)
+    np.testing.assert_array_equal(got, masked)
+    np.testing.assert_array_equal(s, np.sum(got, axis=0))
+
+
 @pytest.mark.parametrize("layout", ["C", "F", "strided"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_numpy_bias_relu_equals_portable(numpy_kernels, rng, layout, dtype):

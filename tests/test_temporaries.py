@@ -182,6 +182,47 @@ def test_linear_hands_its_bias_to_the_relu_after_it(monkeypatch, rng):
     np.testing.assert_array_equal(out, h)
 
 
+def test_relu_sums_the_bias_gradient_of_the_linear_before_it(monkeypatch, rng):
+    """In backward, a ReLU after a Linear masks the gradient and sums it for that
+    Linear's grad_b in one call (`backprop_relu_sum_`); not for a Linear subclass that
+    overrides backward, nor where the ReLU's gradient is not its own (after Mine,
+    whose backward is not fresh); the gradients equal the layers run one by one, bit for bit."""
+    from backendnn.backends import get
+
+    class Mine(Linear):
+        def backward(self, grad):
+            return super().backward(grad)
+
+    be = get("numpy")
+    calls = []
+    original = be.backprop_relu_sum_
+    monkeypatch.setattr(be, "backprop_relu_sum_",
+                        lambda g, y: calls.append(g.shape) or original(g, y))
+
+    def net():
+        import backendnn
+
+        backendnn.seed(2)
+        return Sequential([Linear(5, 6), ReLU(), Linear(6, 6), ReLU(), Mine(6, 4), ReLU(),
+                           Linear(4, 3)], CrossEntropy())
+
+    seq, manual = net(), net()
+    x, y = rng.normal(0, 1, (8, 5)).astype(np.float32), rng.integers(0, 3, 8)
+    seq.criterion(seq(x), y)
+    seq.backward()
+    assert calls == [(8, 6)]  # the ReLU after Linear(6, 6) is owned but follows Mine
+    assert Linear._takes_bias_grad and not Mine._takes_bias_grad and ReLU._gives_bias_grad
+    h = x
+    for layer in manual.layers:
+        h = layer.forward(h)
+    manual.criterion(h, y)
+    g = manual.criterion.backward()
+    for layer in reversed(manual.layers):
+        g = layer.backward(g)
+    for p, q in zip(seq.parameters(), manual.parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad)
+
+
 def test_a_subclass_that_overrides_forward_is_not_taken_as_fresh():
     class KeepsOutput(Linear):
         def forward(self, x):

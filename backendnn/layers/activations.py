@@ -18,10 +18,12 @@ class ReLU(Layer):
     after a layer that returns fresh arrays (Linear, Conv2d, ...), it writes into that
     layer's output and input gradient instead of new arrays (`relu_`,
     `backprop_relu_`), as `torch.nn.ReLU(inplace=True)` would; after a Linear it also
-    adds that layer's bias, in the same pass (`bias_relu_`).
+    adds that layer's bias, in the same pass (`bias_relu_`), and in backward sums that
+    layer's bias gradient in the pass that masks the gradient (`backprop_relu_sum_`).
     """
 
     _takes_bias = True  # `_forward_with_bias`
+    _gives_bias_grad = True  # `_backward_owned_sum`
 
     def forward(self, x):
         self.y = self.backend.relu(x)
@@ -41,6 +43,11 @@ class ReLU(Layer):
 
     def _backward_owned(self, grad):
         return self.backend.backprop_relu_(grad, self._need(self.y))
+
+    def _backward_owned_sum(self, grad):
+        """(`_backward_owned(grad)`, its batch sum): the sum is the bias gradient of the
+        Linear layer before this one, made in the same pass."""
+        return self.backend.backprop_relu_sum_(grad, self._need(self.y))
 
     def _clear(self):
         self.y = None

@@ -146,9 +146,11 @@ class Layer:
     `_forward_owned` (the previous layer's `_backward_owned`), which may write its
     result into it: ReLU does, as PyTorch's `ReLU(inplace=True)`, saving an array and
     a pass over memory. Likewise a layer with `_bias_to_next` (Linear) leaves its bias
-    to a next layer with `_takes_bias` (ReLU), which adds it in its own pass. A
-    subclass that overrides forward (backward) without saying so again is taken not
-    to return fresh arrays, nor to hand its bias on.
+    to a next layer with `_takes_bias` (ReLU), which adds it in its own pass, and in
+    backward such a ReLU (`_gives_bias_grad`) sums the gradient it masks for a layer
+    with `_takes_bias_grad` before it. A subclass that overrides forward (backward)
+    without saying so again is taken not to return fresh arrays, nor to hand its bias
+    or bias gradient on.
     """
 
     param_names: tuple[str, ...] = ()
@@ -159,11 +161,15 @@ class Layer:
     _fresh_input_grad = False
     _bias_to_next = False  # `_forward_product(x)`: forward without adding `bias`
     _takes_bias = False  # `_forward_with_bias(x, bias)`: forward(x + bias), x owned
+    _gives_bias_grad = False  # `_backward_owned_sum(grad)`: (input grad, its batch sum)
+    _takes_bias_grad = False  # `_backward_with_bias_grad(grad, bias_grad, input_grad)`
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         for method, flag in (("forward", "_fresh_output"), ("backward", "_fresh_input_grad"),
-                             ("forward", "_bias_to_next"), ("forward", "_takes_bias")):
+                             ("forward", "_bias_to_next"), ("forward", "_takes_bias"),
+                             ("backward", "_takes_bias_grad"),
+                             ("backward", "_gives_bias_grad")):
             if method in cls.__dict__ and flag not in cls.__dict__:
                 setattr(cls, flag, False)
         reset = cls.__dict__.get("reset_parameters")

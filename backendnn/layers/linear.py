@@ -26,7 +26,8 @@ class Linear(Layer):
         read, and plain SGD adds it into the weights inside its product instead (see
         `ProductGrad`).
     Inside a Sequential, a ReLU right after it adds the bias in its own pass over the
-    product (`Backend.bias_relu_`): one pass over the output instead of two.
+    product (`Backend.bias_relu_`), and sums grad_b in its own pass over dL/dy
+    (`Backend.backprop_relu_sum_`): one pass each way instead of two.
 
     Example:
         >>> Linear(30, 1)(x).shape   # x (64, 30)
@@ -37,6 +38,7 @@ class Linear(Layer):
     grad_names = ("grad_w", "grad_b")
     _fresh_output = _fresh_input_grad = True  # matmul results, not kept
     _bias_to_next = True  # `_forward_product` leaves the bias to a ReLU after it
+    _takes_bias_grad = True  # `_backward_with_bias_grad`: grad_b from that ReLU
     grad_w = ProductGrad()
 
     def __init__(self, n_inp: int, n_out: int, *, init="default", backend=None,
@@ -83,7 +85,7 @@ class Linear(Layer):
         self.x = x
         return self.backend.matmul(x, self.weights)
 
-    def _param_grads(self, grad):
+    def _param_grads(self, grad, bias_grad=None):
         x = self._need(self.x)
         self.grad_w = self.grad_b = None  # free last step's before making this step's
         # unmade only where the weights are at least as large as the input it holds
@@ -94,7 +96,7 @@ class Linear(Layer):
             self._leave_product("grad_w", x.T, grad)
         else:
             self.grad_w = self.backend.matmul(x.T, grad)
-        self.grad_b = self.backend.batch_sum(grad)
+        self.grad_b = self.backend.batch_sum(grad) if bias_grad is None else bias_grad
 
     def backward(self, grad):
         self._param_grads(grad)
@@ -102,6 +104,14 @@ class Linear(Layer):
 
     def backward_params(self, grad) -> None:
         self._param_grads(grad)
+
+    def _backward_with_bias_grad(self, grad, bias_grad, input_grad: bool = True):
+        """`_backward_and_free(grad, input_grad)` with grad_b given: the batch sum of
+        grad, which the ReLU after this layer made in its own pass over grad."""
+        self._param_grads(grad, bias_grad)
+        grad = self.backend.matmul(grad, self.weights.T) if input_grad else None
+        self._clear()
+        return grad
 
     def _clear(self):
         self.x = None
