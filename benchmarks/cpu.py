@@ -381,15 +381,20 @@ def _profile_worker(case: str, steps: int) -> None:
     inside its step (`ProductGrad`): those products count under "optimizer step"."""
     model, opt = _backendnn_model(CASES[case] if "convs" in CASES[case] else CASES[case]["sizes"])
     x, y = _data(case)
-    clock, times = time.perf_counter, {}
+    clock, times, depth = time.perf_counter, {}, [0]
 
     def timed(obj, method, label):
         inner = getattr(obj, method)
 
-        def call(*args):
+        def call(*args):  # a timed call inside another (forward's product) counts once
+            depth[0] += 1
             t0 = clock()
-            out = inner(*args)
-            times.setdefault(label, []).append(clock() - t0)
+            try:
+                out = inner(*args)
+            finally:
+                depth[0] -= 1
+            if not depth[0]:
+                times.setdefault(label, []).append(clock() - t0)
             return out
 
         setattr(obj, method, call)
@@ -400,9 +405,15 @@ def _profile_worker(case: str, steps: int) -> None:
         for method in ("forward", "backward", "backward_params"):
             if hasattr(layer, method):
                 timed(layer, method, f"{i} {type(layer).__name__}.{method}")
-        # the variants Sequential calls on temporaries (ReLU's in-place ones)
-        for method, label in (("_forward_owned", "forward"), ("_backward_owned", "backward")):
-            if getattr(type(layer), method) is not getattr(Layer, method):
+        # the variants Sequential calls on temporaries (ReLU's in-place ones) and on
+        # pairs (a Linear's product, then the ReLU's pass that adds its bias; the
+        # ReLU's backward that sums the Linear's bias gradient, then the Linear's)
+        for method, label in (("_forward_owned", "forward"), ("_backward_owned", "backward"),
+                              ("_forward_product", "forward"),
+                              ("_forward_with_bias", "forward"),
+                              ("_backward_owned_sum", "backward"),
+                              ("_backward_with_bias_grad", "backward")):
+            if getattr(type(layer), method, None) not in (None, getattr(Layer, method, None)):
                 timed(layer, method, f"{i} {type(layer).__name__}.{label}")
     timed(model.criterion, "forward", "loss forward")
     timed(model.criterion, "backward", "loss backward")
