@@ -91,6 +91,19 @@ def _model(backend, last_relu=False):
     return Sequential(layers, CrossEntropy(backend=backend))
 
 
+def _layer_by_layer(model, x, y):
+    """(output, dL/dx) of `model` run one layer at a time with plain forward and
+    backward, none of Sequential's in-place or paired calls."""
+    h = x
+    for layer in model.layers:
+        h = layer.forward(h)
+    model.criterion(h, y)
+    g = model.criterion.backward()
+    for layer in reversed(model.layers):
+        g = layer.backward(g)
+    return h, g
+
+
 @pytest.mark.parametrize("last_relu", [False, True])
 def test_in_place_relu_changes_nothing_else(backend, rng, last_relu):
     """A model run by Sequential (ReLUs writing into fresh outputs and gradients)
@@ -115,13 +128,7 @@ def test_in_place_relu_changes_nothing_else(backend, rng, last_relu):
     np.testing.assert_array_equal(host(backend, x), x_np)
     np.testing.assert_array_equal(host(backend, seq.criterion.backward()), loss_grad)
 
-    h = x
-    for layer in manual.layers:
-        h = layer.forward(h)
-    manual.criterion(h, y)
-    g = manual.criterion.backward()
-    for layer in reversed(manual.layers):
-        g = layer.backward(g)
+    h, g = _layer_by_layer(manual, x, y)
     np.testing.assert_array_equal(host(backend, out), host(backend, h))
     np.testing.assert_array_equal(host(backend, gx), host(backend, g))
     for p, q in zip(seq.parameters(), manual.parameters()):
@@ -156,25 +163,31 @@ def test_training_is_unchanged_by_in_place_relu(rng):
         np.testing.assert_array_equal(p.value, q.value)
 
 
+def _shapes_of_calls(monkeypatch, method):
+    """The shape of the first argument of each call of the NumPy backend's `method`."""
+    from backendnn.backends import get
+
+    be, calls = get("numpy"), []
+    original = getattr(be, method)
+    monkeypatch.setattr(be, method, lambda a, b: calls.append(tuple(a.shape)) or original(a, b))
+    return calls
+
+
 def test_linear_hands_its_bias_to_the_relu_after_it(monkeypatch, rng):
     """Inside a Sequential, each Linear followed by a ReLU leaves its bias to that
     ReLU's one pass (`bias_relu_`); a Linear subclass that overrides forward runs its
     own forward; the output equals the layers run one by one."""
-    from backendnn.backends import get
 
     class Mine(Linear):
         def forward(self, x):
             return super().forward(x)
 
-    be = get("numpy")
-    calls = []
-    original = be.bias_relu_
-    monkeypatch.setattr(be, "bias_relu_", lambda y, b: calls.append(b.shape) or original(y, b))
+    calls = _shapes_of_calls(monkeypatch, "bias_relu_")
     model = Sequential([Linear(5, 6), ReLU(), Mine(6, 4), ReLU(), Linear(4, 3), ReLU()],
                        CrossEntropy())
     x = rng.normal(0, 1, (8, 5)).astype(np.float32)
     out = model(x)
-    assert calls == [(6,), (3,)]
+    assert calls == [(8, 6), (8, 3)]
     assert Linear._bias_to_next and not Mine._bias_to_next and ReLU._takes_bias
     h = x
     for layer in model.layers:
@@ -186,18 +199,14 @@ def test_relu_sums_the_bias_gradient_of_the_linear_before_it(monkeypatch, rng):
     """In backward, a ReLU after a Linear masks the gradient and sums it for that
     Linear's grad_b in one call (`backprop_relu_sum_`); not for a Linear subclass that
     overrides backward, nor where the ReLU's gradient is not its own (after Mine,
-    whose backward is not fresh); the gradients equal the layers run one by one, bit for bit."""
-    from backendnn.backends import get
+    whose backward is not fresh); the gradients equal the layers run one by one, bit
+    for bit."""
 
     class Mine(Linear):
         def backward(self, grad):
             return super().backward(grad)
 
-    be = get("numpy")
-    calls = []
-    original = be.backprop_relu_sum_
-    monkeypatch.setattr(be, "backprop_relu_sum_",
-                        lambda g, y: calls.append(g.shape) or original(g, y))
+    calls = _shapes_of_calls(monkeypatch, "backprop_relu_sum_")
 
     def net():
         import backendnn
@@ -212,13 +221,7 @@ def test_relu_sums_the_bias_gradient_of_the_linear_before_it(monkeypatch, rng):
     seq.backward()
     assert calls == [(8, 6)]  # the ReLU after Linear(6, 6) is owned but follows Mine
     assert Linear._takes_bias_grad and not Mine._takes_bias_grad and ReLU._gives_bias_grad
-    h = x
-    for layer in manual.layers:
-        h = layer.forward(h)
-    manual.criterion(h, y)
-    g = manual.criterion.backward()
-    for layer in reversed(manual.layers):
-        g = layer.backward(g)
+    _layer_by_layer(manual, x, y)
     for p, q in zip(seq.parameters(), manual.parameters()):
         np.testing.assert_array_equal(p.grad, q.grad)
 
