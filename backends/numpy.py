@@ -97,8 +97,9 @@ class NumpyBackend(Backend):
         return np.multiply(grad, np.greater(y, 0), out=grad)
 
     # NumPy reduces along a short last axis element by element (max over rows of 10:
-    # 20 us for 256 rows, 2 us on the transposed copy); BLAS sums rows and columns
-    # 2-3x faster than np.sum. Fancy indexing replaces the one-hot products.
+    # 20 us for 256 rows, 2 us on the transposed copy); BLAS sums short rows 2-3x
+    # faster than np.sum (the softmax totals). Fancy indexing replaces the one-hot
+    # products.
     def batch_sum(self, g):
         """Numba's col_sum on C rows: one pass, in NumPy's order of additions (the
         portable kernel's bits), as fast as ones @ g in BLAS up to (256, 512)."""
