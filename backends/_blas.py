@@ -28,7 +28,6 @@ import numpy as np
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 _SYMBOLS = ("scipy_cblas_{}gemm64_", "cblas_{}gemm64_")  # ILP64 CBLAS names
 _FUNCS = None  # {dtype: gemm function} once looked up; {} where unavailable
-_CONTROL = []  # [(get, set) of OpenBLAS's thread count, or None] once looked up
 SERIAL_MACS_MIN, SERIAL_MACS = 1 << 18, 1 << 24  # products that `serial` serves
 
 
@@ -121,11 +120,10 @@ def gemm(dtype):
     return _FUNCS.get(np.dtype(dtype))
 
 
+@functools.cache
 def _thread_funcs():
-    """(get, set) of the thread count of NumPy's OpenBLAS, or None."""
-    if not _CONTROL:
-        _CONTROL.append(next(filter(None, map(_thread_symbols, _openblas_libs())), None))
-    return _CONTROL[0]
+    """(get, set) of the thread count of NumPy's OpenBLAS, or None; looked up once."""
+    return next(filter(None, map(_thread_symbols, _openblas_libs())), None)
 
 
 def _thread_symbols(lib):

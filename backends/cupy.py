@@ -257,12 +257,12 @@ class _CudaGraphStep:
 
     def __init__(self, backend, fn):
         cupy = backend._cupy
-        backend._direct_gemm()
+        gemm = backend._direct_gemm()
         if backend._capture_stream is None:  # one capture stream per backend, as torch
             backend._capture_stream = cupy.cuda.Stream(non_blocking=True)
         self.stream = backend._capture_stream
         self.pool = cupy.cuda.MemoryPool()
-        backend._gemm.prepare(self.stream)
+        gemm.prepare(self.stream)
         backend._capturing += 1
         try:
             with self.stream, cupy.cuda.using_allocator(self.pool.malloc):

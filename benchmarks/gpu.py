@@ -78,7 +78,6 @@ def flops(sizes, batch: int) -> int:
 
 # --- the contenders, built inside their worker ------------------------------------
 def _make_backendnn(sizes, x, y, graph: bool, stack):
-    sys.path.insert(0, ROOT)
     from backendnn import backends
 
     be = backends.get("cupy")
@@ -195,7 +194,6 @@ def _make_floor(sizes, x, y):
     GPU's time for the products, not Python's time to launch them."""
     import cupy
 
-    sys.path.insert(0, ROOT)  # this checkout's backendnn, as the backendnn contender's
     from backendnn import backends
 
     be = backends.get("cupy")
@@ -434,10 +432,10 @@ def main(argv=None) -> None:
     p.add_argument("--case", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
+    sys.path.insert(0, ROOT)  # workers and tables use this checkout's backendnn
     if args.worker:
         _worker(args.worker, args.case)
         return
-    sys.path.insert(0, ROOT)  # the tables render with this checkout's backendnn
 
     cases = [c for c in args.cases.split(",") if c]
     if args.contenders:

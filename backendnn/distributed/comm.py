@@ -296,7 +296,6 @@ class NCCLEngine:
     """
 
     def __init__(self, comm: MPICommunicator):
-        cupy = nccl = None
         try:
             backend = backends.get("cupy")  # the backend owns the imports
             cupy, nccl = backend.module, backend.nccl()
